@@ -1,0 +1,137 @@
+//! Reports on `colibri.task.<task>.report`: a worker tells the scheduler what
+//! happened to one attempt. Published through JetStream with
+//! `Nats-Msg-Id: <task>:<attempt>:<kind>` so a retried publish is deduplicated.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{SessionId, TaskId, WorkerId};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    #[serde(default = "super::wire_version")]
+    pub v: u32,
+    pub task_id: TaskId,
+    pub attempt: u32,
+    pub worker: WorkerId,
+    /// The reporting worker process (changes at every worker start).
+    pub incarnation: uuid::Uuid,
+    pub at_ms: i64,
+    #[serde(flatten)]
+    pub body: ReportBody,
+}
+
+impl Report {
+    /// The `Nats-Msg-Id` of this report.
+    pub fn msg_id(&self) -> String {
+        format!("{}:{}:{}", self.task_id, self.attempt, self.body.kind())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ReportBody {
+    /// The agent process is running.
+    Started {
+        session: SessionId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
+    },
+    /// The attempt ended.
+    Finished {
+        outcome: Outcome,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
+    },
+    /// Live session summary (pane state, current tool, spend so far), sent
+    /// when it changes, at most a few times a second.
+    Progress {
+        session: SessionId,
+        pane: String,
+        last_event_ms: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        current_tool: Option<String>,
+        #[serde(default)]
+        usage: Usage,
+    },
+}
+
+impl ReportBody {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReportBody::Started { .. } => "started",
+            ReportBody::Finished { .. } => "finished",
+            ReportBody::Progress { .. } => "progress",
+        }
+    }
+}
+
+/// How an attempt ended, as judged by the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The agent's own end signal says success.
+    Succeeded,
+    /// The agent ran and failed (its own end signal, or exit status).
+    Failed,
+    Cancelled,
+    /// Run time or idle limit reached.
+    TimedOut,
+    /// Spend ceiling crossed.
+    BudgetExceeded,
+    /// The worker shut down under it.
+    Interrupted,
+    /// Could not start (missing binary, confinement error) after the
+    /// worker's own spawn retries.
+    SpawnFailed,
+    /// The worker refused the order (agent not enabled, bad argv).
+    Rejected,
+}
+
+/// Whose fault a failure was: the fleet's or the agent's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    Infrastructure,
+    Agent,
+}
+
+impl Outcome {
+    pub fn failure_class(self) -> Option<FailureClass> {
+        match self {
+            Outcome::Succeeded | Outcome::Cancelled => None,
+            Outcome::Failed | Outcome::TimedOut | Outcome::BudgetExceeded => {
+                Some(FailureClass::Agent)
+            }
+            Outcome::Interrupted | Outcome::SpawnFailed | Outcome::Rejected => {
+                Some(FailureClass::Infrastructure)
+            }
+        }
+    }
+}
+
+/// Tokens and cost, summed over a session.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub cache_read_tokens: u64,
+    #[serde(default)]
+    pub cache_write_tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+}
+
+impl Usage {
+    pub fn total_tokens(&self) -> u64 {
+        self.input_tokens + self.output_tokens
+    }
+}
