@@ -9,10 +9,12 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// The fleet-wide (or per-task) cost mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CostMode {
     Fast,
+    /// The default mode of a new fleet.
+    #[default]
     Smart,
     Max,
 }
@@ -87,12 +89,6 @@ impl CostMode {
             CostMode::Smart => "smart",
             CostMode::Max => "max",
         }
-    }
-}
-
-impl Default for CostMode {
-    fn default() -> Self {
-        CostMode::Smart
     }
 }
 

@@ -29,7 +29,7 @@ impl WorkMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum WorkItem {
-    Run(RunOrder),
+    Run(Box<RunOrder>),
     Cancel(CancelOrder),
 }
 
