@@ -18,16 +18,31 @@ pub struct ConnectArgs {
     #[arg(long = "nats-creds", env = "COLIBRI_NATS_CREDS", global = true)]
     pub creds: Option<PathBuf>,
     /// Nkey seed file (a file holding one `SU...` seed).
-    #[arg(long = "nats-nkey", env = "COLIBRI_NATS_NKEY", global = true, conflicts_with = "creds")]
+    #[arg(
+        long = "nats-nkey",
+        env = "COLIBRI_NATS_NKEY",
+        global = true,
+        conflicts_with = "creds"
+    )]
     pub nkey: Option<PathBuf>,
     /// CA certificate (PEM) to verify the server with; implies TLS.
     #[arg(long = "tls-ca", env = "COLIBRI_TLS_CA", global = true)]
     pub tls_ca: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS; needs --tls-key.
-    #[arg(long = "tls-cert", env = "COLIBRI_TLS_CERT", global = true, requires = "tls_key")]
+    #[arg(
+        long = "tls-cert",
+        env = "COLIBRI_TLS_CERT",
+        global = true,
+        requires = "tls_key"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// Client key (PEM) for mutual TLS.
-    #[arg(long = "tls-key", env = "COLIBRI_TLS_KEY", global = true, requires = "tls_cert")]
+    #[arg(
+        long = "tls-key",
+        env = "COLIBRI_TLS_KEY",
+        global = true,
+        requires = "tls_cert"
+    )]
     pub tls_key: Option<PathBuf>,
     /// Inbox prefix for replies (least-privilege identities get their own).
     #[arg(long = "inbox-prefix", env = "COLIBRI_INBOX_PREFIX", global = true)]
@@ -80,7 +95,11 @@ pub enum Role {
 
 impl ConnectArgs {
     /// Connects with these options, naming the connection `name`.
-    pub async fn connect(&self, name: &str, role: Role) -> Result<async_nats::Client, ConnectError> {
+    pub async fn connect(
+        &self,
+        name: &str,
+        role: Role,
+    ) -> Result<async_nats::Client, ConnectError> {
         let mut addrs = Vec::new();
         for url in &self.nats_url {
             let addr: async_nats::ServerAddr = url
@@ -118,7 +137,9 @@ impl ConnectArgs {
             opts = opts.add_root_certificates(ca.clone()).require_tls(true);
         }
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
-            opts = opts.add_client_certificate(cert.clone(), key.clone()).require_tls(true);
+            opts = opts
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
         }
         if let Some(prefix) = &self.inbox_prefix {
             opts = opts.custom_inbox_prefix(prefix);

@@ -107,13 +107,18 @@ pub fn stream_configs(cfg: &ProvisionConfig) -> Vec<stream::Config> {
     };
     vec![
         stream::Config {
-            description: Some("Task submissions and worker reports, consumed by the scheduler".into()),
+            description: Some(
+                "Task submissions and worker reports, consumed by the scheduler".into(),
+            ),
             retention: RetentionPolicy::WorkQueue,
             discard: DiscardPolicy::New,
             max_bytes: cfg.intake_max_bytes,
             ..base(
                 INTAKE_STREAM,
-                vec![subjects::TASK_SUBMIT_ALL.into(), subjects::TASK_REPORT_ALL.into()],
+                vec![
+                    subjects::TASK_SUBMIT_ALL.into(),
+                    subjects::TASK_REPORT_ALL.into(),
+                ],
             )
         },
         stream::Config {
@@ -131,7 +136,10 @@ pub fn stream_configs(cfg: &ProvisionConfig) -> Vec<stream::Config> {
             max_bytes: cfg.events_max_bytes,
             ..base(
                 EVENTS_STREAM,
-                vec![subjects::TASK_STATE_ALL.into(), subjects::WORKER_STATE_ALL.into()],
+                vec![
+                    subjects::TASK_STATE_ALL.into(),
+                    subjects::WORKER_STATE_ALL.into(),
+                ],
             )
         },
         stream::Config {

@@ -29,7 +29,9 @@ pub enum TagError {
         value: String,
         len: usize,
     },
-    #[error("{field}: {value:?} contains upper case {ch:?}; names are lowercase ([a-z0-9][a-z0-9._-]*)")]
+    #[error(
+        "{field}: {value:?} contains upper case {ch:?}; names are lowercase ([a-z0-9][a-z0-9._-]*)"
+    )]
     UpperCase {
         field: &'static str,
         value: String,
@@ -227,19 +229,43 @@ mod tests {
 
     #[test]
     fn accepts_real_tags() {
-        for t in ["linux", "freebsd", "gpu", "image-render", "python3.12", "a", "x_y", "0day"] {
+        for t in [
+            "linux",
+            "freebsd",
+            "gpu",
+            "image-render",
+            "python3.12",
+            "a",
+            "x_y",
+            "0day",
+        ] {
             assert_eq!(Tag::parse(t).unwrap().as_str(), t);
         }
     }
 
     #[test]
     fn rejects_bad_tags_with_the_rule() {
-        assert!(matches!(Tag::parse("gpu*"), Err(TagError::InvalidChar { ch: '*', .. })));
-        assert!(matches!(Tag::parse("a>"), Err(TagError::InvalidChar { ch: '>', .. })));
-        assert!(matches!(Tag::parse("a b"), Err(TagError::InvalidChar { ch: ' ', .. })));
-        assert!(matches!(Tag::parse("GPU"), Err(TagError::UpperCase { ch: 'G', .. })));
+        assert!(matches!(
+            Tag::parse("gpu*"),
+            Err(TagError::InvalidChar { ch: '*', .. })
+        ));
+        assert!(matches!(
+            Tag::parse("a>"),
+            Err(TagError::InvalidChar { ch: '>', .. })
+        ));
+        assert!(matches!(
+            Tag::parse("a b"),
+            Err(TagError::InvalidChar { ch: ' ', .. })
+        ));
+        assert!(matches!(
+            Tag::parse("GPU"),
+            Err(TagError::UpperCase { ch: 'G', .. })
+        ));
         assert!(matches!(Tag::parse(""), Err(TagError::Empty { .. })));
-        assert!(matches!(Tag::parse(&"a".repeat(65)), Err(TagError::TooLong { len: 65, .. })));
+        assert!(matches!(
+            Tag::parse(&"a".repeat(65)),
+            Err(TagError::TooLong { len: 65, .. })
+        ));
         assert!(Tag::parse(&"a".repeat(64)).is_ok());
         assert!(matches!(Tag::parse(".x"), Err(TagError::BadStart { .. })));
         assert!(matches!(Tag::parse("-x"), Err(TagError::BadStart { .. })));

@@ -153,10 +153,7 @@ pub fn render(config: &HubConfig) -> Result<String, NatsConfigError> {
         return Err(NatsConfigError::ZeroPort);
     }
     let store_dir = match config.store_dir.to_str() {
-        Some(dir)
-            if config.store_dir.is_absolute()
-                && !dir.contains(['"', '\\', '\n', '\r']) =>
-        {
+        Some(dir) if config.store_dir.is_absolute() && !dir.contains(['"', '\\', '\n', '\r']) => {
             dir
         }
         _ => {

@@ -176,6 +176,9 @@ pub struct StatusReply {
     /// Running attempts with their live session summary.
     #[serde(default)]
     pub running: Vec<RunningAttempt>,
+    /// Scheduler counters: malformed messages dropped, stale reports fenced, ...
+    #[serde(default)]
+    pub counters: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

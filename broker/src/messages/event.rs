@@ -37,7 +37,10 @@ impl TaskState {
     ];
 
     pub fn is_terminal(self) -> bool {
-        !matches!(self, TaskState::Queued | TaskState::Assigned | TaskState::Running)
+        !matches!(
+            self,
+            TaskState::Queued | TaskState::Assigned | TaskState::Running
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -112,13 +115,21 @@ impl fmt::Display for ParkReason {
                 if let Some(agent) = missing_agent {
                     parts.push(format!("agent {agent}"));
                 }
-                write!(f, "no live worker has {} (closest: {closest})", parts.join(" and "))
+                write!(
+                    f,
+                    "no live worker has {} (closest: {closest})",
+                    parts.join(" and ")
+                )
             }
             ParkReason::Busy { qualifying } => {
                 write!(f, "all {qualifying} qualifying workers are full")
             }
             ParkReason::Backoff { until_ms } => {
-                write!(f, "retry backoff until {}", crate::time_ms::rfc3339(*until_ms))
+                write!(
+                    f,
+                    "retry backoff until {}",
+                    crate::time_ms::rfc3339(*until_ms)
+                )
             }
         }
     }

@@ -137,7 +137,11 @@ impl TaskSpec {
         } else if self.prompt.as_deref().is_none_or(|p| p.trim().is_empty()) {
             return invalid("prompt", "an agent task needs a prompt (--prompt)");
         }
-        if self.prompt.as_ref().is_some_and(|p| p.len() > MAX_PROMPT_BYTES) {
+        if self
+            .prompt
+            .as_ref()
+            .is_some_and(|p| p.len() > MAX_PROMPT_BYTES)
+        {
             return invalid("prompt", "at most 1 MiB");
         }
         if self.retry.max_attempts == 0 {
@@ -184,15 +188,28 @@ mod tests {
         t.validate().unwrap();
         let mut bad = t.clone();
         bad.command.clear();
-        assert!(matches!(bad.validate(), Err(TaskSpecError::Invalid { field: "command", .. })));
+        assert!(matches!(
+            bad.validate(),
+            Err(TaskSpecError::Invalid {
+                field: "command",
+                ..
+            })
+        ));
         let mut bad = t;
         bad.title = " ".into();
-        assert!(matches!(bad.validate(), Err(TaskSpecError::Invalid { field: "title", .. })));
+        assert!(matches!(
+            bad.validate(),
+            Err(TaskSpecError::Invalid { field: "title", .. })
+        ));
     }
 
     #[test]
     fn json_roundtrip_and_defaults() {
-        let t = TaskSpec::command("t", TagSet::parse_lists(["linux"]).unwrap(), vec!["ls".into()]);
+        let t = TaskSpec::command(
+            "t",
+            TagSet::parse_lists(["linux"]).unwrap(),
+            vec!["ls".into()],
+        );
         let back: TaskSpec = serde_json::from_slice(&crate::messages::encode(&t)).unwrap();
         assert_eq!(back, t);
         let minimal = format!(

@@ -1,1 +1,81 @@
-fn main() {}
+//! `colibri-scheduler`: the scheduler service. Configuration is resolved and
+//! checked before the runtime starts; exit 2 on a usage error, 1 on a fatal
+//! configuration or runtime error (so a supervisor does not spin on it).
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use scheduler::config::{SchedulerArgs, SchedulerConfig};
+use scheduler::service::{self, ServiceConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "colibri-scheduler",
+    version,
+    about = "Colibri scheduler: places tasks on workers"
+)]
+struct Cli {
+    #[command(flatten)]
+    args: SchedulerArgs,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Check the configuration, print every problem with its field, and exit.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let config = match SchedulerConfig::resolve(&cli.args, &matches) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("colibri-scheduler: invalid configuration:\n{e}");
+            return ExitCode::from(1);
+        }
+    };
+    if matches!(cli.command, Some(Sub::CheckConfig)) {
+        println!("configuration ok");
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("colibri-scheduler: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "scheduler stopped");
+            eprintln!("colibri-scheduler: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(config: SchedulerConfig) -> anyhow::Result<()> {
+    daemon::logging::init(&config.log)?;
+    let shutdown = daemon::shutdown::on_signals()?;
+    let client = config
+        .connect
+        .connect("colibri-scheduler", broker::connect::Role::Daemon)
+        .await?;
+    let mut svc = ServiceConfig::new(config.db.clone());
+    svc.provision = config.provision.clone();
+    service::run(client, svc, shutdown).await?;
+    daemon::notify_stopping();
+    Ok(())
+}

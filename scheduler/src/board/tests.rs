@@ -1,0 +1,105 @@
+//! Board tests on a real SQLite file.
+
+use broker::messages::api::ListTasksRequest;
+use broker::messages::{Outcome, TaskSpec, TaskState};
+use broker::{SessionId, TagSet, WorkerId};
+
+use super::{Board, BoardReader};
+
+fn spec(title: &str) -> TaskSpec {
+    TaskSpec::command(
+        title,
+        TagSet::parse_lists(["linux"]).unwrap(),
+        vec!["/bin/true".into()],
+    )
+}
+
+#[test]
+fn insert_is_idempotent_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("board.db");
+    let mut board = Board::open(&path).unwrap();
+    let s = spec("a");
+    let tx = board.transaction().unwrap();
+    assert!(tx.insert_task(&s, TaskState::Queued, None, 1).unwrap());
+    assert!(!tx.insert_task(&s, TaskState::Queued, None, 2).unwrap());
+    tx.commit().unwrap();
+    let reader = BoardReader::open(&path).unwrap();
+    assert_eq!(reader.counts().unwrap().get(&TaskState::Queued), Some(&1));
+    let detail = reader.detail(&s.id).unwrap().unwrap();
+    assert_eq!(detail.transitions.len(), 1);
+    assert_eq!(detail.spec, s);
+}
+
+#[test]
+fn lifecycle_and_pagination() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("board.db");
+    let mut board = Board::open(&path).unwrap();
+    let specs: Vec<_> = (0..5).map(|i| spec(&format!("t{i}"))).collect();
+    let w = WorkerId::parse("w1").unwrap();
+    let tx = board.transaction().unwrap();
+    for s in &specs {
+        tx.insert_task(s, TaskState::Queued, None, 1).unwrap();
+    }
+    tx.assign(&specs[0].id, 1, &w, &SessionId::new(), 2)
+        .unwrap();
+    tx.attempt_started(&specs[0].id, 1, &uuid::Uuid::new_v4(), 3)
+        .unwrap();
+    tx.attempt_ended(&specs[0].id, 1, Outcome::Succeeded, Some(0), None, None, 4)
+        .unwrap();
+    tx.set_state(&specs[0].id, TaskState::Succeeded, 1, None, 4)
+        .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(board.load_active().unwrap().len(), 4);
+
+    let reader = BoardReader::open(&path).unwrap();
+    let counts = reader.counts().unwrap();
+    assert_eq!(counts.get(&TaskState::Queued), Some(&4));
+    assert_eq!(counts.get(&TaskState::Succeeded), Some(&1));
+    assert_eq!(counts.get(&TaskState::Running), None);
+    let page = reader
+        .list(&ListTasksRequest {
+            status: Some(TaskState::Queued),
+            limit: Some(3),
+            after: None,
+        })
+        .unwrap();
+    assert_eq!(page.tasks.len(), 3);
+    let rest = reader
+        .list(&ListTasksRequest {
+            status: Some(TaskState::Queued),
+            limit: Some(3),
+            after: page.next,
+        })
+        .unwrap();
+    assert_eq!(rest.tasks.len(), 1);
+    assert!(rest.next.is_none());
+    let detail = reader.detail(&specs[0].id).unwrap().unwrap();
+    assert_eq!(detail.attempts[0].outcome, Some(Outcome::Succeeded));
+    let states: Vec<_> = detail.transitions.iter().map(|t| t.state).collect();
+    assert_eq!(
+        states,
+        [
+            TaskState::Queued,
+            TaskState::Assigned,
+            TaskState::Running,
+            TaskState::Succeeded
+        ]
+    );
+}
+
+#[test]
+fn reopen_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("board.db");
+    let s = spec("x");
+    {
+        let mut board = Board::open(&path).unwrap();
+        let tx = board.transaction().unwrap();
+        tx.insert_task(&s, TaskState::Queued, None, 1).unwrap();
+        tx.commit().unwrap();
+    }
+    let board = Board::open(&path).unwrap();
+    assert_eq!(board.load_active().unwrap()[0].spec, s);
+}

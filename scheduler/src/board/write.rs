@@ -1,0 +1,324 @@
+//! Writes to the board, inside one transaction per batch of work.
+
+use broker::messages::event::ParkReason;
+use broker::messages::{Outcome, TaskSpec, TaskState, Usage};
+use broker::{SessionId, TaskId, WorkerId};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use super::BoardError;
+
+/// A non-terminal task as the service keeps it in memory.
+#[derive(Debug, Clone)]
+pub struct ActiveRow {
+    pub spec: TaskSpec,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub worker: Option<WorkerId>,
+    pub session: Option<SessionId>,
+    pub incarnation: Option<uuid::Uuid>,
+    pub cancel_requested: bool,
+    pub not_before_ms: Option<i64>,
+    pub dispatched: bool,
+    /// Attempts that reached a worker and ran or ended (counted against
+    /// the retry policy); unstarted assignments moved elsewhere do not count.
+    pub tries: u32,
+}
+
+pub struct BoardTx<'a> {
+    tx: Transaction<'a>,
+}
+
+pub(super) fn state_str(state: TaskState) -> &'static str {
+    state.as_str()
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn outcome_str(outcome: Outcome) -> String {
+    json(&outcome).trim_matches('"').to_string()
+}
+
+impl<'a> BoardTx<'a> {
+    pub(super) fn new(tx: Transaction<'a>) -> Self {
+        BoardTx { tx }
+    }
+
+    pub fn commit(self) -> Result<(), BoardError> {
+        Ok(self.tx.commit()?)
+    }
+
+    /// Stores a new task in `state`. Returns false (and changes nothing) when
+    /// the id exists already: a retried submit.
+    pub fn insert_task(
+        &self,
+        spec: &TaskSpec,
+        state: TaskState,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<bool, BoardError> {
+        let inserted = self.tx.execute(
+            "INSERT INTO tasks (id, title, state, agent, capabilities, spec, reason, created_at_ms, updated_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+             ON CONFLICT(id) DO NOTHING",
+            params![
+                spec.id.to_string(),
+                spec.title,
+                state_str(state),
+                spec.agent.as_str(),
+                spec.capabilities.joined(),
+                json(spec),
+                reason,
+                now
+            ],
+        )?;
+        if inserted == 1 {
+            self.transition(&spec.id, state, 0, reason, now)?;
+        }
+        Ok(inserted == 1)
+    }
+
+    fn transition(
+        &self,
+        task: &TaskId,
+        state: TaskState,
+        attempt: u32,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<(), BoardError> {
+        self.tx.execute(
+            "INSERT INTO transitions (task_id, seq, state, attempt, at_ms, reason)
+             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM transitions WHERE task_id = ?1), ?2, ?3, ?4, ?5)",
+            params![task.to_string(), state_str(state), attempt, now, reason],
+        )?;
+        Ok(())
+    }
+
+    /// Moves a task to `state`, recording the transition.
+    pub fn set_state(
+        &self,
+        task: &TaskId,
+        state: TaskState,
+        attempt: u32,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<(), BoardError> {
+        self.tx.execute(
+            "UPDATE tasks SET state = ?2, attempt = ?3, reason = ?4, updated_at_ms = ?5,
+                 parked = CASE WHEN ?2 = 'queued' THEN parked ELSE NULL END
+             WHERE id = ?1",
+            params![task.to_string(), state_str(state), attempt, reason, now],
+        )?;
+        self.transition(task, state, attempt, reason, now)
+    }
+
+    /// Records why a queued task is not placed (no transition row).
+    pub fn set_parked(&self, task: &TaskId, parked: Option<&ParkReason>) -> Result<(), BoardError> {
+        self.tx.execute(
+            "UPDATE tasks SET parked = ?2 WHERE id = ?1",
+            params![task.to_string(), parked.map(json)],
+        )?;
+        Ok(())
+    }
+
+    /// Places attempt `attempt` on `worker`: the task becomes `assigned`.
+    pub fn assign(
+        &self,
+        task: &TaskId,
+        attempt: u32,
+        worker: &WorkerId,
+        session: &SessionId,
+        now: i64,
+    ) -> Result<(), BoardError> {
+        self.tx.execute(
+            "UPDATE tasks SET worker = ?2, dispatched = 0, not_before_ms = NULL WHERE id = ?1",
+            params![task.to_string(), worker.as_str()],
+        )?;
+        self.tx.execute(
+            "INSERT INTO attempts (task_id, attempt, worker, session, assigned_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![task.to_string(), attempt, worker.as_str(), session.to_string(), now],
+        )?;
+        self.set_state(task, TaskState::Assigned, attempt, None, now)
+    }
+
+    /// The run order of the current attempt was accepted by JetStream.
+    pub fn set_dispatched(&self, task: &TaskId, attempt: u32) -> Result<(), BoardError> {
+        self.tx.execute(
+            "UPDATE tasks SET dispatched = 1 WHERE id = ?1 AND attempt = ?2",
+            params![task.to_string(), attempt],
+        )?;
+        Ok(())
+    }
+
+    pub fn attempt_started(
+        &self,
+        task: &TaskId,
+        attempt: u32,
+        incarnation: &uuid::Uuid,
+        now: i64,
+    ) -> Result<(), BoardError> {
+        self.tx.execute(
+            "UPDATE attempts SET started_at_ms = ?3, incarnation = ?4, pane = 'starting' WHERE task_id = ?1 AND attempt = ?2",
+            params![task.to_string(), attempt, now, incarnation.to_string()],
+        )?;
+        self.set_state(task, TaskState::Running, attempt, None, now)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn attempt_ended(
+        &self,
+        task: &TaskId,
+        attempt: u32,
+        outcome: Outcome,
+        exit_code: Option<i32>,
+        reason: Option<&str>,
+        usage: Option<&Usage>,
+        now: i64,
+    ) -> Result<(), BoardError> {
+        self.tx.execute(
+            "UPDATE attempts SET ended_at_ms = ?3, outcome = ?4, exit_code = ?5, reason = ?6,
+                 usage = COALESCE(?7, usage), current_tool = NULL
+             WHERE task_id = ?1 AND attempt = ?2",
+            params![
+                task.to_string(),
+                attempt,
+                now,
+                outcome_str(outcome),
+                exit_code,
+                reason,
+                usage.map(json)
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn attempt_progress(
+        &self,
+        task: &TaskId,
+        attempt: u32,
+        pane: &str,
+        last_event_ms: i64,
+        current_tool: Option<&str>,
+        usage: &Usage,
+    ) -> Result<(), BoardError> {
+        self.tx.execute(
+            "UPDATE attempts SET pane = ?3, last_event_ms = ?4, current_tool = ?5, usage = ?6
+             WHERE task_id = ?1 AND attempt = ?2",
+            params![
+                task.to_string(),
+                attempt,
+                pane,
+                last_event_ms,
+                current_tool,
+                json(usage)
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_cancel_requested(&self, task: &TaskId, now: i64) -> Result<(), BoardError> {
+        self.tx.execute(
+            "UPDATE tasks SET cancel_requested = 1, updated_at_ms = ?2 WHERE id = ?1",
+            params![task.to_string(), now],
+        )?;
+        Ok(())
+    }
+
+    /// Queues a task again for its next attempt, not before `not_before_ms`.
+    pub fn requeue(
+        &self,
+        task: &TaskId,
+        attempt: u32,
+        not_before_ms: Option<i64>,
+        reason: &str,
+        now: i64,
+    ) -> Result<(), BoardError> {
+        self.tx.execute(
+            "UPDATE tasks SET worker = NULL, dispatched = 0, not_before_ms = ?2 WHERE id = ?1",
+            params![task.to_string(), not_before_ms],
+        )?;
+        self.set_state(task, TaskState::Queued, attempt, Some(reason), now)
+    }
+
+    /// The state of a task, if it exists.
+    pub fn task_state(&self, task: &TaskId) -> Result<Option<TaskState>, BoardError> {
+        let state: Option<String> = self
+            .tx
+            .query_row(
+                "SELECT state FROM tasks WHERE id = ?1",
+                [task.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(state.and_then(|s| s.parse().ok()))
+    }
+}
+
+/// Loads every non-terminal task.
+pub(super) fn load_active(conn: &Connection) -> Result<Vec<ActiveRow>, BoardError> {
+    let mut stmt = conn.prepare(
+        "SELECT t.id, t.spec, t.state, t.attempt, t.worker, t.cancel_requested, t.not_before_ms, t.dispatched,
+                a.session, a.incarnation,
+                (SELECT COUNT(*) FROM attempts x WHERE x.task_id = t.id
+                     AND (x.started_at_ms IS NOT NULL OR x.outcome IS NOT NULL))
+         FROM tasks t LEFT JOIN attempts a ON a.task_id = t.id AND a.attempt = t.attempt
+         WHERE t.state IN ('queued', 'assigned', 'running')
+         ORDER BY t.id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, u32>(3)?,
+            r.get::<_, Option<String>>(4)?,
+            r.get::<_, bool>(5)?,
+            r.get::<_, Option<i64>>(6)?,
+            r.get::<_, bool>(7)?,
+            r.get::<_, Option<String>>(8)?,
+            r.get::<_, Option<String>>(9)?,
+            r.get::<_, u32>(10)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (
+            id,
+            spec,
+            state,
+            attempt,
+            worker,
+            cancel_requested,
+            not_before_ms,
+            dispatched,
+            session,
+            incarnation,
+            tries,
+        ) = row?;
+        let corrupt = |detail: String| BoardError::Corrupt {
+            task: id.clone(),
+            detail,
+        };
+        let spec: TaskSpec =
+            serde_json::from_str(&spec).map_err(|e| corrupt(format!("spec: {e}")))?;
+        let state: TaskState = state.parse().map_err(|e| corrupt(format!("{e}")))?;
+        let worker = worker
+            .map(|w| WorkerId::parse(&w))
+            .transpose()
+            .map_err(|e| corrupt(e.to_string()))?;
+        out.push(ActiveRow {
+            spec,
+            state,
+            attempt,
+            worker,
+            session: session.and_then(|s| s.parse().ok()),
+            incarnation: incarnation.and_then(|s| s.parse().ok()),
+            cancel_requested,
+            not_before_ms,
+            dispatched,
+            tries,
+        });
+    }
+    Ok(out)
+}

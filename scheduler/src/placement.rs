@@ -1,0 +1,263 @@
+//! Placement: which live worker runs a task. A pure function over data.
+//!
+//! A worker qualifies when it is online, enables the task's agent and its
+//! tags are a superset of the task's required tags (set containment, which a
+//! JetStream subject filter cannot express). Among qualifying workers with a
+//! free slot, the tightest fit wins (fewest tags beyond those required), so a
+//! task needing only `linux` leaves the GPU host free; ties go to the most
+//! free slots, then to the worker id, so the choice is deterministic.
+//!
+//! With no such worker the task is parked with a [`ParkReason`] computed
+//! against the closest worker (fewest missing tags).
+
+use broker::messages::event::ParkReason;
+use broker::{Tag, TagSet, WorkerId};
+
+/// What placement needs to know of a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerView {
+    pub id: WorkerId,
+    pub tags: TagSet,
+    pub agents: TagSet,
+    pub slots: u32,
+    /// Slots taken by assigned and running attempts.
+    pub used: u32,
+    pub online: bool,
+}
+
+impl WorkerView {
+    pub fn free(&self) -> u32 {
+        self.slots.saturating_sub(self.used)
+    }
+}
+
+/// What placement needs to know of a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskNeeds {
+    pub capabilities: TagSet,
+    pub agent: Tag,
+}
+
+impl TaskNeeds {
+    /// True when `worker` could ever run this task (ignoring slots).
+    pub fn qualifies(&self, worker: &WorkerView) -> bool {
+        worker.online
+            && worker.agents.contains(&self.agent)
+            && self.capabilities.is_subset(&worker.tags)
+    }
+}
+
+/// Chooses the worker for `task`, or says why none can take it now.
+pub fn place<'a>(
+    task: &TaskNeeds,
+    workers: impl IntoIterator<Item = &'a WorkerView>,
+) -> Result<WorkerId, ParkReason> {
+    let mut best: Option<(&WorkerView, (usize, std::cmp::Reverse<u32>))> = None;
+    let mut qualifying = 0u32;
+    let mut closest: Option<(&WorkerView, (usize, bool))> = None;
+    let mut any_online = false;
+    for worker in workers {
+        if !worker.online {
+            continue;
+        }
+        any_online = true;
+        if task.qualifies(worker) {
+            qualifying += 1;
+            if worker.free() == 0 {
+                continue;
+            }
+            let extra = worker.tags.len() - task.capabilities.len();
+            let key = (extra, std::cmp::Reverse(worker.free()));
+            let better = match &best {
+                None => true,
+                Some((b, bkey)) => key < *bkey || (key == *bkey && worker.id < b.id),
+            };
+            if better {
+                best = Some((worker, key));
+            }
+        } else {
+            let missing = task.capabilities.missing_from(&worker.tags).len();
+            let key = (missing, !worker.agents.contains(&task.agent));
+            let closer = match &closest {
+                None => true,
+                Some((c, ckey)) => key < *ckey || (key == *ckey && worker.id < c.id),
+            };
+            if closer {
+                closest = Some((worker, key));
+            }
+        }
+    }
+    if let Some((worker, _)) = best {
+        return Ok(worker.id.clone());
+    }
+    if qualifying > 0 {
+        return Err(ParkReason::Busy { qualifying });
+    }
+    match closest {
+        Some((worker, _)) if any_online => Err(ParkReason::Unmatched {
+            closest: worker.id.clone(),
+            missing_tags: task.capabilities.missing_from(&worker.tags),
+            missing_agent: (!worker.agents.contains(&task.agent)).then(|| task.agent.clone()),
+        }),
+        _ => Err(ParkReason::NoWorkers),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn tags(list: &[&str]) -> TagSet {
+        list.iter().map(|t| Tag::parse(t).unwrap()).collect()
+    }
+
+    fn worker(id: &str, t: &[&str], slots: u32, used: u32) -> WorkerView {
+        WorkerView {
+            id: WorkerId::parse(id).unwrap(),
+            tags: tags(t),
+            agents: tags(&["command", "pi"]),
+            slots,
+            used,
+            online: true,
+        }
+    }
+
+    fn needs(t: &[&str]) -> TaskNeeds {
+        TaskNeeds {
+            capabilities: tags(t),
+            agent: Tag::parse("command").unwrap(),
+        }
+    }
+
+    #[test]
+    fn multi_tag_needs_both() {
+        let ws = [
+            worker("a", &["linux", "image-render"], 1, 0),
+            worker("b", &["linux", "screenshot"], 1, 0),
+            worker("c", &["linux", "image-render", "screenshot"], 1, 0),
+        ];
+        assert_eq!(
+            place(&needs(&["image-render", "screenshot"]), &ws)
+                .unwrap()
+                .as_str(),
+            "c"
+        );
+    }
+
+    #[test]
+    fn tightest_fit_leaves_gpu_host_free() {
+        let ws = [
+            worker("gpu", &["linux", "gpu"], 4, 0),
+            worker("plain", &["linux"], 1, 0),
+        ];
+        assert_eq!(place(&needs(&["linux"]), &ws).unwrap().as_str(), "plain");
+        let ws = [
+            worker("gpu", &["linux", "gpu"], 4, 0),
+            worker("plain", &["linux"], 1, 1),
+        ];
+        assert_eq!(place(&needs(&["linux"]), &ws).unwrap().as_str(), "gpu");
+    }
+
+    #[test]
+    fn most_free_slots_breaks_ties() {
+        let ws = [worker("a", &["linux"], 4, 3), worker("b", &["linux"], 4, 1)];
+        assert_eq!(place(&needs(&["linux"]), &ws).unwrap().as_str(), "b");
+    }
+
+    #[test]
+    fn parks_with_reason() {
+        assert_eq!(place(&needs(&["linux"]), &[]), Err(ParkReason::NoWorkers));
+        let ws = [
+            worker("bsd", &["freebsd"], 1, 0),
+            worker("l", &["linux", "x"], 1, 0),
+        ];
+        match place(&needs(&["linux", "gpu"]), &ws) {
+            Err(ParkReason::Unmatched {
+                closest,
+                missing_tags,
+                missing_agent,
+            }) => {
+                assert_eq!(closest.as_str(), "l");
+                assert_eq!(missing_tags, vec![Tag::parse("gpu").unwrap()]);
+                assert_eq!(missing_agent, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        let ws = [worker("l", &["linux"], 1, 1)];
+        assert_eq!(
+            place(&needs(&["linux"]), &ws),
+            Err(ParkReason::Busy { qualifying: 1 })
+        );
+    }
+
+    #[test]
+    fn agent_is_part_of_the_advert() {
+        let mut w = worker("l", &["linux"], 1, 0);
+        w.agents = tags(&["pi"]);
+        match place(&needs(&["linux"]), &[w]) {
+            Err(ParkReason::Unmatched { missing_agent, .. }) => {
+                assert_eq!(missing_agent, Some(Tag::parse("command").unwrap()))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn offline_workers_never_chosen() {
+        let mut w = worker("l", &["linux"], 1, 0);
+        w.online = false;
+        assert_eq!(place(&needs(&["linux"]), &[w]), Err(ParkReason::NoWorkers));
+    }
+
+    const POOL: [&str; 6] = [
+        "linux",
+        "freebsd",
+        "gpu",
+        "image-render",
+        "python3.12",
+        "docker",
+    ];
+
+    fn arb_tags() -> impl Strategy<Value = TagSet> {
+        proptest::sample::subsequence(POOL.to_vec(), 0..=POOL.len()).prop_map(|v| tags(&v))
+    }
+
+    fn arb_worker() -> impl Strategy<Value = (TagSet, u32, u32, bool)> {
+        (arb_tags(), 0u32..4, 0u32..5, proptest::bool::weighted(0.85))
+    }
+
+    proptest! {
+        #[test]
+        fn placement_invariants(need in arb_tags(), raw in proptest::collection::vec(arb_worker(), 0..8)) {
+            let ws: Vec<WorkerView> = raw.into_iter().enumerate().map(|(i, (t, slots, used, online))| WorkerView {
+                id: WorkerId::parse(&format!("w{i}")).unwrap(),
+                tags: t,
+                agents: tags(&["command"]),
+                slots,
+                used: used.min(slots),
+                online,
+            }).collect();
+            let task = needs(&need.iter().map(|t| t.as_str()).collect::<Vec<_>>());
+            match place(&task, &ws) {
+                Ok(id) => {
+                    let chosen = ws.iter().find(|w| w.id == id).unwrap();
+                    // never a worker missing a tag, never offline, never over its slots
+                    prop_assert!(task.capabilities.is_subset(&chosen.tags));
+                    prop_assert!(chosen.online);
+                    prop_assert!(chosen.used < chosen.slots);
+                    // best fit: no other free qualifying worker fits tighter
+                    for w in ws.iter().filter(|w| task.qualifies(w) && w.free() > 0) {
+                        prop_assert!(w.tags.len() >= chosen.tags.len());
+                        if w.tags.len() == chosen.tags.len() {
+                            prop_assert!(w.free() <= chosen.free());
+                        }
+                    }
+                }
+                Err(_) => {
+                    prop_assert!(!ws.iter().any(|w| task.qualifies(w) && w.free() > 0));
+                }
+            }
+        }
+    }
+}

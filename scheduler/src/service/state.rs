@@ -1,0 +1,162 @@
+//! The service's in-memory view of non-terminal tasks: what placement and
+//! lease checks read on every event. Terminal tasks live only on the board,
+//! so memory stays bounded by the work in flight, not by history.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use broker::messages::event::ParkReason;
+use broker::messages::{TaskSpec, TaskState};
+use broker::{SessionId, TaskId, WorkerId};
+
+use crate::board::ActiveRow;
+use crate::placement::TaskNeeds;
+
+/// A task that is queued, assigned or running.
+#[derive(Debug, Clone)]
+pub struct Active {
+    pub spec: Arc<TaskSpec>,
+    pub needs: TaskNeeds,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub worker: Option<WorkerId>,
+    pub session: Option<SessionId>,
+    /// Worker process that started the current attempt.
+    pub incarnation: Option<uuid::Uuid>,
+    pub cancel_requested: bool,
+    /// Retry backoff: not placed before this time.
+    pub not_before_ms: Option<i64>,
+    /// The current run order was accepted by JetStream.
+    pub dispatched: bool,
+    pub parked: Option<ParkReason>,
+    /// Attempts counted against the retry policy.
+    pub tries: u32,
+}
+
+impl Active {
+    pub fn new(spec: TaskSpec) -> Active {
+        let needs = TaskNeeds {
+            capabilities: spec.capabilities.clone(),
+            agent: spec.agent.clone(),
+        };
+        Active {
+            spec: Arc::new(spec),
+            needs,
+            state: TaskState::Queued,
+            attempt: 0,
+            worker: None,
+            session: None,
+            incarnation: None,
+            cancel_requested: false,
+            not_before_ms: None,
+            dispatched: false,
+            parked: None,
+            tries: 0,
+        }
+    }
+
+    pub fn from_row(row: ActiveRow) -> Active {
+        let mut a = Active::new(row.spec);
+        a.state = row.state;
+        a.attempt = row.attempt;
+        a.worker = row.worker;
+        a.session = row.session;
+        a.incarnation = row.incarnation;
+        a.cancel_requested = row.cancel_requested;
+        a.not_before_ms = row.not_before_ms;
+        a.dispatched = row.dispatched;
+        a.tries = row.tries;
+        a
+    }
+}
+
+/// Active tasks, the FIFO of queued ones, and who holds which slot.
+#[derive(Debug, Default)]
+pub struct Tasks {
+    active: HashMap<TaskId, Active>,
+    /// Queued task ids; UUIDv7 order is submission order.
+    queue: BTreeSet<TaskId>,
+    /// Assigned and running tasks per worker: its used slots.
+    by_worker: HashMap<WorkerId, HashSet<TaskId>>,
+}
+
+impl Tasks {
+    pub fn insert(&mut self, task: Active) {
+        let id = task.spec.id;
+        self.index(&id, &task);
+        self.active.insert(id, task);
+    }
+
+    fn index(&mut self, id: &TaskId, task: &Active) {
+        match task.state {
+            TaskState::Queued => {
+                self.queue.insert(*id);
+            }
+            TaskState::Assigned | TaskState::Running => {
+                if let Some(w) = &task.worker {
+                    self.by_worker.entry(w.clone()).or_default().insert(*id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn unindex(&mut self, id: &TaskId) {
+        if let Some(task) = self.active.get(id) {
+            self.queue.remove(id);
+            if let Some(w) = &task.worker {
+                if let Some(set) = self.by_worker.get_mut(w) {
+                    set.remove(id);
+                }
+            }
+        }
+    }
+
+    pub fn get(&self, id: &TaskId) -> Option<&Active> {
+        self.active.get(id)
+    }
+
+    /// Changes a task through `f`, keeping the indexes true.
+    pub fn update<R>(&mut self, id: &TaskId, f: impl FnOnce(&mut Active) -> R) -> Option<R> {
+        self.unindex(id);
+        let mut task = self.active.remove(id)?;
+        let r = f(&mut task);
+        if !task.state.is_terminal() {
+            self.index(id, &task);
+            self.active.insert(*id, task);
+        }
+        Some(r)
+    }
+
+    pub fn remove(&mut self, id: &TaskId) -> Option<Active> {
+        self.unindex(id);
+        self.active.remove(id)
+    }
+
+    pub fn queued(&self) -> Vec<TaskId> {
+        self.queue.iter().copied().collect()
+    }
+
+    pub fn on_worker(&self, worker: &WorkerId) -> Vec<TaskId> {
+        self.by_worker
+            .get(worker)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn used(&self, worker: &WorkerId) -> u32 {
+        self.by_worker.get(worker).map_or(0, |s| s.len() as u32)
+    }
+
+    pub fn len(&self) -> usize {
+        self.active.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.active.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&TaskId, &Active)> {
+        self.active.iter()
+    }
+}
