@@ -28,7 +28,10 @@ pub async fn drain_within<F: Future<Output = ()>>(grace: Duration, drain: F) -> 
     match tokio::time::timeout(grace, drain).await {
         Ok(()) => true,
         Err(_) => {
-            tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown grace ran out");
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "shutdown grace ran out"
+            );
             false
         }
     }

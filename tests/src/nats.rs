@@ -60,12 +60,19 @@ impl NatsServer {
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         let mut cmd = Command::new(&self.binary);
-        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(self.store.path())
-            .args(&self.extra_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-js",
+            "-sd",
+        ])
+        .arg(self.store.path())
+        .args(&self.extra_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         let child = cmd
             .spawn()
             .with_context(|| format!("spawning {}", self.binary.display()))?;

@@ -8,7 +8,11 @@ use std::time::Duration;
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(20);
 
 /// Awaits `fut` for at most `limit`, failing with `what` in the message.
-pub async fn within<T, F: Future<Output = T>>(limit: Duration, what: &str, fut: F) -> anyhow::Result<T> {
+pub async fn within<T, F: Future<Output = T>>(
+    limit: Duration,
+    what: &str,
+    fut: F,
+) -> anyhow::Result<T> {
     tokio::time::timeout(limit, fut)
         .await
         .map_err(|_| anyhow::anyhow!("timed out after {limit:?} waiting for {what}"))

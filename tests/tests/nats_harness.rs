@@ -13,7 +13,9 @@ async fn restart_keeps_jetstream_data() -> anyhow::Result<()> {
     broker::provision::provision_all(&js, &Default::default()).await?;
     let id = broker::TaskId::new();
     within(Duration::from_secs(5), "publish", async {
-        js.publish(broker::subjects::task_submit(&id), "{}".into()).await?.await
+        js.publish(broker::subjects::task_submit(&id), "{}".into())
+            .await?
+            .await
     })
     .await??;
     nats.restart()?;
