@@ -1094,3 +1094,65 @@ fn units_pass_systemd_analyze_verify() {
         "systemd-analyze verify:\n{all}"
     );
 }
+
+/// The scheduler's precmd runs `check-config` as the service user (su -m), so
+/// a config only root can read fails at start instead of in a restart loop.
+#[test]
+fn rc_scheduler_checks_config_as_the_service_user() {
+    let id = |arg: &str| text(&run_bounded(Command::new("id").arg(arg), DEADLINE).stdout);
+    if id("-u").trim() != "0" || which("su").is_none() {
+        skip("rc.d check-config as another user", "needs root and su");
+        return;
+    }
+    let nobody = run_bounded(Command::new("id").arg("-gn").arg("nobody"), DEADLINE);
+    if !nobody.status.success() {
+        skip("rc.d check-config as another user", "no user nobody");
+        return;
+    }
+    let sb = RcSandbox::new("colibri_scheduler", "colibri-scheduler");
+    fs::set_permissions(sb.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    sb.rc_conf(true, "colibri-scheduler");
+    let mut conf = read(sb.path("rc.conf"));
+    conf.push_str(&format!(
+        "colibri_scheduler_user=\"nobody\"\ncolibri_scheduler_group=\"{}\"\n",
+        text(&nobody.stdout).trim()
+    ));
+    fs::write(sb.path("rc.conf"), conf).unwrap();
+    sb.write_config("db = \"/var/db/colibri/board.db\"\n");
+    fs::set_permissions(sb.path("etc"), fs::Permissions::from_mode(0o755)).unwrap();
+
+    // Readable by nobody: starts.
+    fs::set_permissions(
+        sb.path("etc/config.toml"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let start = || {
+        run_bounded(
+            Command::new("sh")
+                .arg(&sb.script)
+                .arg("start")
+                .env("SHIM_RC_CONF", sb.path("rc.conf"))
+                .env("SHELL", "/bin/sh"),
+            DEADLINE,
+        )
+    };
+    let out = start();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("/usr/sbin/daemon -P "));
+
+    // Readable by root only: the check, run as nobody, fails the start.
+    fs::set_permissions(
+        sb.path("etc/config.toml"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let out = start();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+    assert!(
+        text(&out.stderr).contains("is invalid; not starting:"),
+        "{}",
+        text(&out.stderr)
+    );
+}
