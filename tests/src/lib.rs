@@ -10,10 +10,16 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod board_client;
 pub mod nats;
+pub mod scheduler;
+pub mod sim_worker;
 pub mod wait;
 
+pub use board_client::BoardClient;
 pub use nats::NatsServer;
+pub use scheduler::{SchedulerHandle, SchedulerProcess};
+pub use sim_worker::SimWorker;
 pub use wait::{eventually, within, DEFAULT_DEADLINE};
 
 /// Installs a test logger once (RUST_LOG controls it; quiet by default).

@@ -182,49 +182,7 @@ pub async fn run(
             Some(entry) = mode_watch.next() => Input::CostMode(entry.ok().map(|e| e.value)),
             _ = tick.tick() => Input::Tick,
         };
-        let mut to_ack = Vec::new();
-        let now_ms = broker::time_ms::now_ms();
-        let tx = board.transaction()?;
-        match input {
-            Input::Dispatched(done) => core.dispatched(&tx, &done)?,
-            Input::Command(cmd) => handle_command(&mut core, &tx, cmd, now_ms)?,
-            Input::Heartbeat(msg) => match decode::<Heartbeat>(&msg.payload) {
-                Ok(beat) => core.heartbeat(&tx, beat, Instant::now(), now_ms)?,
-                Err(error) => {
-                    core.count("malformed_heartbeats");
-                    tracing::warn!(subject = %msg.subject, %error, "malformed heartbeat dropped");
-                }
-            },
-            Input::Intake(batch) => {
-                for item in batch {
-                    match item {
-                        Ok(msg) => {
-                            let keep = handle_intake(&mut core, &tx, &msg, now_ms)?;
-                            to_ack.push((msg, keep));
-                        }
-                        Err(error) => tracing::warn!(%error, "intake read error; continuing"),
-                    }
-                }
-            }
-            Input::CostMode(value) => {
-                match value
-                    .as_deref()
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .and_then(|s| s.trim().parse::<CostMode>().ok())
-                {
-                    Some(mode) => {
-                        tracing::info!(cost_mode = %mode, "fleet cost mode changed");
-                        core.cost_mode = mode;
-                    }
-                    None => {
-                        tracing::warn!("cost-mode key holds no valid mode; keeping the current one")
-                    }
-                }
-            }
-            Input::Tick => core.tick(&tx, Instant::now(), now_ms)?,
-        }
-        core.place_all(&tx, now_ms)?;
-        tx.commit()?;
+        let to_ack = apply(&mut board, &mut core, input)?;
         out.send(std::mem::take(&mut core.outbox)).await;
         for (msg, ack) in to_ack {
             let kind = if ack { AckKind::Ack } else { AckKind::Term };
@@ -237,6 +195,59 @@ pub async fn run(
     drop(api);
     out.drain(Duration::from_secs(5)).await;
     Ok(())
+}
+
+/// Applies one input in one board transaction, places what it can and
+/// commits. Returns the intake messages to acknowledge (true) or terminate.
+fn apply(
+    board: &mut Board,
+    core: &mut Core,
+    input: Input,
+) -> Result<Vec<(jetstream::Message, bool)>, BoardError> {
+    let mut to_ack = Vec::new();
+    let now_ms = broker::time_ms::now_ms();
+    let tx = board.transaction()?;
+    match input {
+        Input::Dispatched(done) => core.dispatched(&tx, &done)?,
+        Input::Command(cmd) => handle_command(core, &tx, cmd, now_ms)?,
+        Input::Heartbeat(msg) => match decode::<Heartbeat>(&msg.payload) {
+            Ok(beat) => core.heartbeat(&tx, beat, Instant::now(), now_ms)?,
+            Err(error) => {
+                core.count("malformed_heartbeats");
+                tracing::warn!(subject = %msg.subject, %error, "malformed heartbeat dropped");
+            }
+        },
+        Input::Intake(batch) => {
+            for item in batch {
+                match item {
+                    Ok(msg) => {
+                        let keep = handle_intake(core, &tx, &msg, now_ms)?;
+                        to_ack.push((msg, keep));
+                    }
+                    Err(error) => tracing::warn!(%error, "intake read error; continuing"),
+                }
+            }
+        }
+        Input::CostMode(value) => {
+            match value
+                .as_deref()
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|s| s.trim().parse::<CostMode>().ok())
+            {
+                Some(mode) => {
+                    tracing::info!(cost_mode = %mode, "fleet cost mode changed");
+                    core.cost_mode = mode;
+                }
+                None => {
+                    tracing::warn!("cost-mode key holds no valid mode; keeping the current one")
+                }
+            }
+        }
+        Input::Tick => core.tick(&tx, Instant::now(), now_ms)?,
+    }
+    core.place_all(&tx, now_ms)?;
+    tx.commit()?;
+    Ok(to_ack)
 }
 
 async fn read_cost_mode(kv: &jetstream::kv::Store) -> CostMode {

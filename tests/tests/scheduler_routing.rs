@@ -1,0 +1,222 @@
+//! Placement end to end on a real nats-server: the scheduler service, and
+//! simulated workers that heartbeat and read their orders.
+
+use std::time::Duration;
+
+use broker::messages::event::ParkReason;
+use broker::messages::{Outcome, TaskSpec, TaskState};
+use broker::TagSet;
+use harness::{BoardClient, NatsServer, SchedulerHandle, SimWorker};
+
+const T: Duration = Duration::from_secs(15);
+
+fn task(title: &str, caps: &[&str]) -> TaskSpec {
+    TaskSpec::command(
+        title,
+        TagSet::parse_lists(caps).unwrap(),
+        vec!["/bin/true".into()],
+    )
+}
+
+struct Env {
+    nats: NatsServer,
+    _dir: tempfile::TempDir,
+    scheduler: SchedulerHandle,
+    board: BoardClient,
+}
+
+async fn env() -> anyhow::Result<Env> {
+    harness::init_logging();
+    let nats = NatsServer::start()?;
+    let dir = tempfile::tempdir()?;
+    let scheduler = SchedulerHandle::start(&nats, &dir.path().join("board.db")).await?;
+    let board = BoardClient::new(nats.client().await?);
+    Ok(Env {
+        nats,
+        _dir: dir,
+        scheduler,
+        board,
+    })
+}
+
+impl Env {
+    async fn worker(&self, id: &str, tags: &[&str], slots: u32) -> anyhow::Result<SimWorker> {
+        let w = SimWorker::start(self.nats.client().await?, id, tags, slots).await?;
+        let id = w.id.clone();
+        harness::eventually(T, "worker online", || async {
+            self.board
+                .status()
+                .await
+                .ok()?
+                .workers
+                .iter()
+                .any(|s| s.worker == id && s.online)
+                .then_some(())
+        })
+        .await?;
+        Ok(w)
+    }
+}
+
+#[tokio::test]
+async fn multi_tag_task_runs_only_where_both_tags_are() -> anyhow::Result<()> {
+    let env = env().await?;
+    let mut render = env
+        .worker("render-only", &["linux", "image-render"], 4)
+        .await?;
+    let mut shots = env
+        .worker("shots-only", &["linux", "screenshot"], 4)
+        .await?;
+    let mut both = env
+        .worker("both", &["linux", "image-render", "screenshot", "gpu"], 4)
+        .await?;
+    let spec = task("render and shoot", &["image-render", "screenshot"]);
+    env.board.create(&spec).await?;
+    let run = both.next_run(T).await?;
+    assert_eq!(run.task.id, spec.id);
+    assert_eq!(run.attempt, 1);
+    assert!(render.no_order_within(Duration::from_millis(300)).await);
+    assert!(shots.no_order_within(Duration::from_millis(10)).await);
+    both.started(&run).await?;
+    both.finished(&run, Outcome::Succeeded).await?;
+    let d = env
+        .board
+        .wait_state(&spec.id, TaskState::Succeeded, T)
+        .await?;
+    assert_eq!(d.summary.worker.unwrap().as_str(), "both");
+    env.scheduler.stop().await
+}
+
+#[tokio::test]
+async fn best_fit_leaves_the_gpu_host_free() -> anyhow::Result<()> {
+    let env = env().await?;
+    let mut gpu = env.worker("gpu-host", &["linux", "gpu"], 4).await?;
+    let mut plain = env.worker("plain", &["linux"], 1).await?;
+    let first = task("needs linux", &["linux"]);
+    env.board.create(&first).await?;
+    assert_eq!(plain.next_run(T).await?.task.id, first.id);
+    // plain is full now: the next linux task may take the GPU host.
+    let second = task("needs linux too", &["linux"]);
+    env.board.create(&second).await?;
+    assert_eq!(gpu.next_run(T).await?.task.id, second.id);
+    env.scheduler.stop().await
+}
+
+#[tokio::test]
+async fn parked_task_waits_with_reason_then_runs_when_a_worker_appears() -> anyhow::Result<()> {
+    let env = env().await?;
+    let _linux = env.worker("linux-box", &["linux"], 2).await?;
+    let spec = task("iso check", &["freebsd"]);
+    env.board.create(&spec).await?;
+    let d = env
+        .board
+        .wait_for(&spec.id, "parked with a reason", T, |d| {
+            d.summary.parked.is_some()
+        })
+        .await?;
+    assert_eq!(d.summary.state, TaskState::Queued);
+    match d.summary.parked.unwrap() {
+        ParkReason::Unmatched {
+            closest,
+            missing_tags,
+            ..
+        } => {
+            assert_eq!(closest.as_str(), "linux-box");
+            assert_eq!(
+                missing_tags.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+                ["freebsd"]
+            );
+        }
+        other => panic!("unexpected reason {other:?}"),
+    }
+    let queued = env.board.list(Some(TaskState::Queued)).await?;
+    assert!(queued
+        .tasks
+        .iter()
+        .any(|t| t.task_id == spec.id && t.parked.is_some()));
+
+    let mut bsd = env.worker("osa", &["freebsd"], 1).await?;
+    let run = bsd.next_run(T).await?;
+    assert_eq!(run.task.id, spec.id);
+    env.board
+        .wait_state(&spec.id, TaskState::Assigned, T)
+        .await?;
+    env.scheduler.stop().await
+}
+
+#[tokio::test]
+async fn slots_are_never_exceeded_and_a_freed_slot_is_reused() -> anyhow::Result<()> {
+    let env = env().await?;
+    let mut w = env.worker("two-slots", &["linux"], 2).await?;
+    let specs: Vec<_> = (0..3).map(|i| task(&format!("t{i}"), &["linux"])).collect();
+    for s in &specs {
+        env.board.create(s).await?;
+    }
+    let a = w.next_run(T).await?;
+    let b = w.next_run(T).await?;
+    assert!(
+        w.no_order_within(Duration::from_millis(500)).await,
+        "a third order exceeded 2 slots"
+    );
+    let third = specs
+        .iter()
+        .find(|s| s.id != a.task.id && s.id != b.task.id)
+        .unwrap();
+    let d = env
+        .board
+        .wait_for(&third.id, "third parked busy", T, |d| {
+            d.summary.parked.is_some()
+        })
+        .await?;
+    assert_eq!(d.summary.parked, Some(ParkReason::Busy { qualifying: 1 }));
+    w.started(&a).await?;
+    w.finished(&a, Outcome::Succeeded).await?;
+    assert_eq!(w.next_run(T).await?.task.id, third.id);
+    env.scheduler.stop().await
+}
+
+#[tokio::test]
+async fn more_slots_advertised_unparks_at_once() -> anyhow::Result<()> {
+    let env = env().await?;
+    let mut w = env.worker("grows", &["linux"], 1).await?;
+    let a = task("a", &["linux"]);
+    let b = task("b", &["linux"]);
+    env.board.create(&a).await?;
+    env.board.create(&b).await?;
+    w.next_run(T).await?;
+    assert!(w.no_order_within(Duration::from_millis(300)).await);
+    w.set_slots(2);
+    assert_eq!(w.next_run(T).await?.task.id, b.id);
+    env.scheduler.stop().await
+}
+
+#[tokio::test]
+async fn cancel_of_a_queued_task_is_immediate_and_of_a_running_one_reaches_the_worker(
+) -> anyhow::Result<()> {
+    let env = env().await?;
+    let parked = task("never placed", &["nowhere"]);
+    env.board.create(&parked).await?;
+    assert_eq!(
+        env.board.cancel(&parked.id).await?.state,
+        TaskState::Cancelled
+    );
+
+    let mut w = env.worker("runner", &["linux"], 1).await?;
+    let spec = task("long", &["linux"]);
+    env.board.create(&spec).await?;
+    let run = w.next_run(T).await?;
+    w.started(&run).await?;
+    env.board
+        .wait_state(&spec.id, TaskState::Running, T)
+        .await?;
+    env.board.cancel(&spec.id).await?;
+    match w.next_order(T).await? {
+        broker::messages::WorkItem::Cancel(c) => assert_eq!((c.task_id, c.attempt), (spec.id, 1)),
+        other => panic!("expected cancel, got {other:?}"),
+    }
+    w.finished(&run, Outcome::Cancelled).await?;
+    env.board
+        .wait_state(&spec.id, TaskState::Cancelled, T)
+        .await?;
+    env.scheduler.stop().await
+}
