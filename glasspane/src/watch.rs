@@ -58,13 +58,16 @@ pub async fn follow(
         let m = m.map_err(FollowError::Receive)?;
         broker::messages::decode::<SessionEvent>(&m.payload).map_err(FollowError::Decode)
     });
-    Ok(events.scan(false, |ended, item| {
-        let out = if *ended {
-            None
-        } else {
-            *ended = matches!(&item, Ok(e) if e.event.is_end());
-            Some(item)
-        };
-        futures::future::ready(out)
-    }))
+    // Checked before polling the consumer again: after `end` nothing more
+    // arrives, so waiting for one more message would hang.
+    let until_end =
+        futures::stream::unfold((Box::pin(events), false), |(mut s, ended)| async move {
+            if ended {
+                return None;
+            }
+            let item = s.next().await?;
+            let end = matches!(&item, Ok(e) if e.event.is_end());
+            Some((item, (s, end)))
+        });
+    Ok(until_end)
 }
