@@ -1,1 +1,33 @@
-//! placeholder
+//! Colibri's per-host worker: it takes the orders the scheduler places on
+//! this host, runs each as a confined, supervised agent process, and reports
+//! what happened.
+//!
+//! - [`config`]: `worker.toml` + `COLIBRI_*` env + flags, validated up front;
+//! - [`profiles`]: agent profiles (pi, claude, codex, command) and their argv;
+//! - [`confine`]: bubblewrap, FreeBSD jail or unconfined launch argv;
+//! - [`supervise`]: spawn with retries, limits, and killing a whole tree;
+//! - [`session_output`]: the seam where an agent's output is read;
+//! - [`executor`]: what runs an order (real agents, or the bench no-op);
+//! - [`reports`] and [`presence`]: at-least-once reports and heartbeats;
+//! - [`orders`]: the durable order feed; [`runner`]: the daemon's main loop.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod config;
+pub mod confine;
+pub mod error;
+pub mod executor;
+pub mod orders;
+pub mod presence;
+pub mod profiles;
+pub mod reports;
+pub mod runner;
+pub mod secret;
+pub mod session_output;
+pub mod supervise;
+pub mod workdir;
+
+pub use config::WorkerConfig;
+pub use error::WorkerError;
+pub use executor::ExecutorKind;
+pub use runner::run;

@@ -1,0 +1,755 @@
+//! The worker's configuration: `worker.toml` (see `docs/CONFIG.md`), then
+//! `COLIBRI_*` environment variables, then flags; a later source overrides an
+//! earlier one. Everything is validated here, before any runtime starts:
+//! [`load`] returns either a [`WorkerConfig`] that the daemon can trust or
+//! every problem found, each naming its field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use broker::connect::ConnectArgs;
+use broker::messages::NetworkPolicy;
+use broker::{TagSet, WorkerId};
+use daemon::logging::{LogConfig, LogFormat};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::executor::ExecutorKind;
+use crate::profiles::{AgentFile, Profiles};
+
+/// How agents are confined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Confinement {
+    /// Linux bubblewrap: read-only host, writable work dir, own namespaces.
+    Bwrap,
+    /// FreeBSD: one ephemeral jail per agent.
+    Jail,
+    /// Plain process: only for development, logged loudly at start.
+    Unconfined,
+}
+
+impl Confinement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Confinement::Bwrap => "bwrap",
+            Confinement::Jail => "jail",
+            Confinement::Unconfined => "unconfined",
+        }
+    }
+}
+
+/// Default network policy of the worker's agents (a task may ask otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    None,
+    Host,
+}
+
+impl From<Network> for NetworkPolicy {
+    fn from(n: Network) -> NetworkPolicy {
+        match n {
+            Network::None => NetworkPolicy::None,
+            Network::Host => NetworkPolicy::Host,
+        }
+    }
+}
+
+/// What becomes of an attempt's work dir when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeepWorkdirs {
+    Never,
+    OnFailure,
+    Always,
+}
+
+/// Time and retry limits, in the units the code uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Per-attempt run time (a task may ask less).
+    pub max_run: Duration,
+    /// No output this long: timed out.
+    pub idle: Duration,
+    /// SIGTERM to SIGKILL.
+    pub kill_grace: Duration,
+    /// Spawn failures retried this many times (after the first try).
+    pub spawn_retries: u32,
+    /// First backoff delay between spawn tries (doubled, with jitter).
+    pub spawn_backoff: Duration,
+    /// Bound on the whole shutdown: agents stopped, reports sent.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_run: Duration::from_secs(3600),
+            idle: Duration::from_secs(600),
+            kill_grace: Duration::from_secs(10),
+            spawn_retries: 3,
+            spawn_backoff: Duration::from_millis(200),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// A validated worker configuration.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub worker_id: WorkerId,
+    pub capabilities: TagSet,
+    pub slots: u32,
+    /// Work dirs live under `<state_dir>/work`. Always absolute.
+    pub state_dir: PathBuf,
+    pub confinement: Confinement,
+    pub network: Network,
+    /// FreeBSD: the unprivileged user agents run as (`jexec -U`).
+    pub agent_user: String,
+    pub keep_workdirs: KeepWorkdirs,
+    pub limits: Limits,
+    /// Agent profiles; `command` is enabled by `allow_command` inside.
+    pub agents: Profiles,
+    pub executor: ExecutorKind,
+    pub heartbeat_interval: Duration,
+    pub connect: ConnectArgs,
+    pub log: LogConfig,
+}
+
+impl WorkerConfig {
+    /// A configuration with every default, for tests and tools: no agent
+    /// enabled, one slot, bwrap confinement, no network.
+    pub fn new(worker_id: WorkerId, state_dir: impl Into<PathBuf>) -> WorkerConfig {
+        let state_dir = state_dir.into();
+        WorkerConfig {
+            worker_id,
+            capabilities: TagSet::new(),
+            slots: 1,
+            state_dir: std::path::absolute(&state_dir).unwrap_or(state_dir),
+            confinement: Confinement::Bwrap,
+            network: Network::None,
+            agent_user: DEFAULT_AGENT_USER.to_string(),
+            keep_workdirs: KeepWorkdirs::OnFailure,
+            limits: Limits::default(),
+            agents: Profiles::default(),
+            executor: ExecutorKind::Spawn,
+            heartbeat_interval: Duration::from_millis(
+                broker::messages::presence::HEARTBEAT_INTERVAL_MS,
+            ),
+            connect: ConnectArgs::default(),
+            log: LogConfig::default(),
+        }
+    }
+
+    /// Where attempts' work dirs are made.
+    pub fn work_root(&self) -> PathBuf {
+        self.state_dir.join("work")
+    }
+}
+
+const DEFAULT_AGENT_USER: &str = "colibri-agent";
+
+/// The worker's flags; each has a `COLIBRI_*` variable. Global, so that they
+/// can be given before or after a subcommand.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct WorkerFlags {
+    /// Configuration file (TOML, see docs/CONFIG.md).
+    #[arg(long, env = "COLIBRI_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// This worker's name, unique in the fleet ([a-z0-9][a-z0-9._-]*).
+    #[arg(long = "worker-id", env = "COLIBRI_WORKER_ID", global = true, value_parser = parse_worker_id)]
+    pub worker_id: Option<WorkerId>,
+    /// Capability tags this worker advertises (comma list).
+    #[arg(long, env = "COLIBRI_CAPABILITIES", global = true, value_parser = parse_capabilities)]
+    pub capabilities: Option<TagSet>,
+    /// Attempts this worker runs at once.
+    #[arg(long, env = "COLIBRI_SLOTS", global = true)]
+    pub slots: Option<u32>,
+    /// State dir; work dirs are made under <state-dir>/work.
+    #[arg(long = "state-dir", env = "COLIBRI_STATE_DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Run plain `-- ARGV` tasks (the `command` agent).
+    #[arg(long = "allow-command", env = "COLIBRI_ALLOW_COMMAND", global = true)]
+    pub allow_command: bool,
+    /// How agents are confined.
+    #[arg(long, env = "COLIBRI_CONFINEMENT", global = true)]
+    pub confinement: Option<Confinement>,
+    /// Default network policy of agents.
+    #[arg(long, env = "COLIBRI_NETWORK", global = true)]
+    pub network: Option<Network>,
+    /// Log format.
+    #[arg(long = "log-format", env = "COLIBRI_LOG_FORMAT", global = true)]
+    pub log_format: Option<LogFormat>,
+    /// Log file (reopened on SIGHUP); stderr when absent.
+    #[arg(long = "log-file", env = "COLIBRI_LOG_FILE", global = true)]
+    pub log_file: Option<PathBuf>,
+    /// Bench only: `noop` acknowledges orders without spawning.
+    #[arg(long, env = "COLIBRI_EXECUTOR", global = true, hide = true)]
+    pub executor: Option<ExecutorKind>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+fn parse_worker_id(value: &str) -> Result<WorkerId, String> {
+    WorkerId::parse(value).map_err(|e| e.to_string())
+}
+
+fn parse_capabilities(value: &str) -> Result<TagSet, String> {
+    if value.trim().is_empty() {
+        return Ok(TagSet::new());
+    }
+    TagSet::parse_lists([value]).map_err(|e| format!("capabilities: {e}"))
+}
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The offending field (`limits.idle_secs`, `agents.pi.argv`, ...).
+    pub field: String,
+    pub message: String,
+}
+
+impl Problem {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Why no configuration could be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} problem(s) in the configuration:\n{}", .0.len(), render(.0))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    /// Every problem found (empty for a read error).
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Invalid(p) => p,
+            ConfigError::Read { .. } => &[],
+        }
+    }
+}
+
+fn render(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `worker.toml` as written: every key optional, each parsed on its own so
+/// that one bad key does not hide the others.
+#[derive(Debug, Default)]
+struct FileConfig {
+    worker_id: Option<String>,
+    capabilities: Option<Vec<String>>,
+    slots: Option<i64>,
+    state_dir: Option<PathBuf>,
+    allow_command: Option<bool>,
+    confinement: Option<Confinement>,
+    network: Option<Network>,
+    agent_user: Option<String>,
+    keep_workdirs: Option<KeepWorkdirs>,
+    limits: LimitsFile,
+    nats: Option<NatsFile>,
+    log: Option<LogConfig>,
+    agents: BTreeMap<String, AgentFile>,
+}
+
+#[derive(Debug, Default)]
+struct LimitsFile {
+    max_run_secs: Option<i64>,
+    idle_secs: Option<i64>,
+    kill_grace_secs: Option<i64>,
+    spawn_retries: Option<i64>,
+    shutdown_grace_secs: Option<i64>,
+}
+
+/// The `[nats]` table shared by every binary.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NatsFile {
+    #[serde(default)]
+    url: Vec<String>,
+    creds: Option<PathBuf>,
+    nkey: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    inbox_prefix: Option<String>,
+}
+
+fn field<T: DeserializeOwned>(
+    name: &str,
+    value: toml::Value,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    match T::deserialize(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            problems.push(Problem::new(name, e.to_string().trim().to_string()));
+            None
+        }
+    }
+}
+
+fn table(name: &str, value: toml::Value, problems: &mut Vec<Problem>) -> toml::Table {
+    match value {
+        toml::Value::Table(t) => t,
+        other => {
+            problems.push(Problem::new(
+                name,
+                format!("must be a table, not a {}", other.type_str()),
+            ));
+            toml::Table::new()
+        }
+    }
+}
+
+fn parse_file(text: &str, problems: &mut Vec<Problem>) -> FileConfig {
+    let root: toml::Table = match toml::from_str(text) {
+        Ok(t) => t,
+        Err(e) => {
+            problems.push(Problem::new("(file)", e.to_string().trim().to_string()));
+            return FileConfig::default();
+        }
+    };
+    let mut file = FileConfig::default();
+    for (key, value) in root {
+        let p = &mut *problems;
+        match key.as_str() {
+            "worker_id" => file.worker_id = field(&key, value, p),
+            "capabilities" => file.capabilities = field(&key, value, p),
+            "slots" => file.slots = field(&key, value, p),
+            "state_dir" => file.state_dir = field(&key, value, p),
+            "allow_command" => file.allow_command = field(&key, value, p),
+            "confinement" => file.confinement = field(&key, value, p),
+            "network" => file.network = field(&key, value, p),
+            "agent_user" => file.agent_user = field(&key, value, p),
+            "keep_workdirs" => file.keep_workdirs = field(&key, value, p),
+            "nats" => file.nats = field(&key, value, p),
+            "log" => file.log = field(&key, value, p),
+            "limits" => {
+                for (k, v) in table("limits", value, p) {
+                    let name = format!("limits.{k}");
+                    let slot = match k.as_str() {
+                        "max_run_secs" => &mut file.limits.max_run_secs,
+                        "idle_secs" => &mut file.limits.idle_secs,
+                        "kill_grace_secs" => &mut file.limits.kill_grace_secs,
+                        "spawn_retries" => &mut file.limits.spawn_retries,
+                        "shutdown_grace_secs" => &mut file.limits.shutdown_grace_secs,
+                        _ => {
+                            p.push(Problem::new(name, "unknown key"));
+                            continue;
+                        }
+                    };
+                    *slot = field(&name, v, p);
+                }
+            }
+            "agents" => {
+                for (name, v) in table("agents", value, p) {
+                    let path = format!("agents.{name}");
+                    if let Some(agent) = field::<AgentFile>(&path, v, p) {
+                        file.agents.insert(name, agent);
+                    }
+                }
+            }
+            _ => problems.push(Problem::new(key, "unknown key")),
+        }
+    }
+    file
+}
+
+fn secs(
+    field: &str,
+    value: Option<i64>,
+    default: Duration,
+    min: i64,
+    problems: &mut Vec<Problem>,
+) -> Duration {
+    match value {
+        None => default,
+        Some(v) if v < min => {
+            problems.push(Problem::new(
+                field,
+                format!("must be at least {min}, not {v}"),
+            ));
+            default
+        }
+        Some(v) => Duration::from_secs(v.unsigned_abs()),
+    }
+}
+
+/// Reads the file named by `flags.config` (if any), applies env and flags,
+/// and validates the result, collecting every problem.
+pub fn load(flags: &WorkerFlags) -> Result<WorkerConfig, ConfigError> {
+    let text = match &flags.config {
+        Some(path) => Some(
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    resolve(text.as_deref(), flags)
+}
+
+/// [`load`] on a file already read (`None`: no file).
+pub fn resolve(text: Option<&str>, flags: &WorkerFlags) -> Result<WorkerConfig, ConfigError> {
+    let mut problems = Vec::new();
+    let file = text
+        .map(|t| parse_file(t, &mut problems))
+        .unwrap_or_default();
+
+    let worker_id = match (&flags.worker_id, &file.worker_id) {
+        (Some(id), _) => Some(id.clone()),
+        (None, Some(raw)) => match WorkerId::parse(raw) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                problems.push(Problem::new("worker_id", e.to_string()));
+                None
+            }
+        },
+        (None, None) => {
+            problems.push(Problem::new(
+                "worker_id",
+                "required (--worker-id, COLIBRI_WORKER_ID or worker_id in the file)",
+            ));
+            None
+        }
+    };
+    let capabilities = match (&flags.capabilities, &file.capabilities) {
+        (Some(caps), _) => caps.clone(),
+        (None, Some(list)) => TagSet::parse_lists(list).unwrap_or_else(|e| {
+            problems.push(Problem::new("capabilities", e.to_string()));
+            TagSet::new()
+        }),
+        (None, None) => TagSet::new(),
+    };
+    let slots = match flags.slots.map(i64::from).or(file.slots) {
+        None => 1,
+        Some(n) if (1..=4096).contains(&n) => n as u32,
+        Some(n) => {
+            problems.push(Problem::new(
+                "slots",
+                format!("must be between 1 and 4096, not {n}"),
+            ));
+            1
+        }
+    };
+    let state_dir = match flags.state_dir.clone().or(file.state_dir) {
+        Some(dir) if dir.as_os_str().is_empty() => {
+            problems.push(Problem::new("state_dir", "must not be empty"));
+            None
+        }
+        Some(dir) => Some(std::path::absolute(&dir).unwrap_or(dir)),
+        None => {
+            problems.push(Problem::new(
+                "state_dir",
+                "required (--state-dir, COLIBRI_STATE_DIR or state_dir in the file)",
+            ));
+            None
+        }
+    };
+    let allow_command = flags.allow_command || file.allow_command.unwrap_or(false);
+    let confinement = flags
+        .confinement
+        .or(file.confinement)
+        .unwrap_or(Confinement::Bwrap);
+    check_confinement(confinement, &mut problems);
+    let network = flags.network.or(file.network).unwrap_or(Network::None);
+    let agent_user = file
+        .agent_user
+        .unwrap_or_else(|| DEFAULT_AGENT_USER.to_string());
+    if confinement == Confinement::Jail && agent_user.trim().is_empty() {
+        problems.push(Problem::new(
+            "agent_user",
+            "must name a user when confinement is jail",
+        ));
+    }
+    let keep_workdirs = file.keep_workdirs.unwrap_or(KeepWorkdirs::OnFailure);
+
+    let d = Limits::default();
+    let l = &file.limits;
+    let spawn_retries = match l.spawn_retries {
+        None => d.spawn_retries,
+        Some(n) if (0..=100).contains(&n) => n as u32,
+        Some(n) => {
+            problems.push(Problem::new(
+                "limits.spawn_retries",
+                format!("must be between 0 and 100, not {n}"),
+            ));
+            d.spawn_retries
+        }
+    };
+    let limits = Limits {
+        max_run: secs(
+            "limits.max_run_secs",
+            l.max_run_secs,
+            d.max_run,
+            1,
+            &mut problems,
+        ),
+        idle: secs("limits.idle_secs", l.idle_secs, d.idle, 1, &mut problems),
+        kill_grace: secs(
+            "limits.kill_grace_secs",
+            l.kill_grace_secs,
+            d.kill_grace,
+            0,
+            &mut problems,
+        ),
+        spawn_retries,
+        spawn_backoff: d.spawn_backoff,
+        shutdown_grace: secs(
+            "limits.shutdown_grace_secs",
+            l.shutdown_grace_secs,
+            d.shutdown_grace,
+            1,
+            &mut problems,
+        ),
+    };
+
+    let agents = Profiles::from_file(&file.agents, allow_command, &mut problems);
+
+    let mut connect = flags.connect.clone();
+    if let Some(nats) = file.nats {
+        // A flag or COLIBRI_* variable wins; clap fills the URL's default, so
+        // the file's URL applies whenever the URL is still that default.
+        if !nats.url.is_empty() && connect.nats_url == [broker::connect::DEFAULT_NATS_URL] {
+            connect.nats_url = nats.url;
+        }
+        connect.creds = connect.creds.or(nats.creds);
+        connect.nkey = connect.nkey.or(nats.nkey);
+        connect.tls_ca = connect.tls_ca.or(nats.tls_ca);
+        connect.tls_cert = connect.tls_cert.or(nats.tls_cert);
+        connect.tls_key = connect.tls_key.or(nats.tls_key);
+        connect.inbox_prefix = connect.inbox_prefix.or(nats.inbox_prefix);
+        if connect.creds.is_some() && connect.nkey.is_some() {
+            problems.push(Problem::new(
+                "nats.nkey",
+                "cannot be used together with nats.creds",
+            ));
+        }
+        if connect.tls_cert.is_some() != connect.tls_key.is_some() {
+            problems.push(Problem::new(
+                "nats.tls_cert",
+                "tls_cert and tls_key go together",
+            ));
+        }
+    }
+    let mut log = file.log.unwrap_or_default();
+    if let Some(format) = flags.log_format {
+        log.format = format;
+    }
+    if let Some(path) = &flags.log_file {
+        log.file = Some(path.clone());
+    }
+    if let Some(level) = &log.level {
+        if tracing_subscriber::EnvFilter::try_new(level).is_err() {
+            problems.push(Problem::new(
+                "log.level",
+                format!("{level:?} is not a valid filter"),
+            ));
+        }
+    }
+
+    match (worker_id, state_dir) {
+        (Some(worker_id), Some(state_dir)) if problems.is_empty() => Ok(WorkerConfig {
+            worker_id,
+            capabilities,
+            slots,
+            state_dir,
+            confinement,
+            network,
+            agent_user,
+            keep_workdirs,
+            limits,
+            agents,
+            executor: flags.executor.unwrap_or(ExecutorKind::Spawn),
+            heartbeat_interval: Duration::from_millis(
+                broker::messages::presence::HEARTBEAT_INTERVAL_MS,
+            ),
+            connect,
+            log,
+        }),
+        _ => Err(ConfigError::Invalid(problems)),
+    }
+}
+
+fn check_confinement(confinement: Confinement, problems: &mut Vec<Problem>) {
+    match confinement {
+        Confinement::Bwrap if !cfg!(target_os = "linux") => problems.push(Problem::new(
+            "confinement",
+            "bwrap needs Linux; use jail on FreeBSD",
+        )),
+        Confinement::Bwrap if find_program("bwrap").is_none() => problems.push(Problem::new(
+            "confinement",
+            "bwrap is not installed (no bwrap on PATH); install bubblewrap",
+        )),
+        Confinement::Jail if !cfg!(target_os = "freebsd") => problems.push(Problem::new(
+            "confinement",
+            "jail needs FreeBSD; use bwrap on Linux",
+        )),
+        _ => {}
+    }
+}
+
+/// Finds `program` as `execvp` would: a path with a `/` as is, otherwise on PATH.
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    find_program_in(program, std::env::var_os("PATH").as_deref())
+}
+
+/// [`find_program`] with an explicit PATH.
+pub fn find_program_in(program: &str, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if program.is_empty() {
+        return None;
+    }
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return runnable(&p).then_some(p);
+    }
+    std::env::split_paths(path?)
+        .map(|dir| dir.join(program))
+        .find(|p| runnable(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        flags: WorkerFlags,
+    }
+
+    fn flags(args: &[&str]) -> WorkerFlags {
+        let mut argv = vec!["colibri-worker"];
+        argv.extend_from_slice(args);
+        Cli::parse_from(argv).flags
+    }
+
+    fn fields(err: ConfigError) -> Vec<String> {
+        err.problems().iter().map(|p| p.field.clone()).collect()
+    }
+
+    #[test]
+    fn every_problem_names_its_field() {
+        let text = r#"
+worker_id = "Debby"
+capabilities = ["linux", "gpu*"]
+slots = 0
+confinement = "unconfined"
+keep_workdirs = "sometimes"
+colour = "blue"
+[limits]
+idle_secs = 0
+spawn_retries = -1
+bogus = 1
+[agents.pi]
+argv = []
+[agents.command]
+argv = ["x"]
+"#;
+        let err = resolve(Some(text), &WorkerFlags::default()).unwrap_err();
+        let f = fields(err);
+        for want in [
+            "worker_id",
+            "capabilities",
+            "slots",
+            "keep_workdirs",
+            "colour",
+            "limits.idle_secs",
+            "limits.spawn_retries",
+            "limits.bogus",
+            "agents.pi.argv",
+            "agents.command",
+            "state_dir",
+        ] {
+            assert!(f.iter().any(|x| x == want), "missing {want} in {f:?}");
+        }
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let text = r#"
+worker_id = "debby"
+capabilities = ["linux"]
+slots = 2
+state_dir = "/var/db/colibri-worker"
+confinement = "unconfined"
+[nats]
+url = ["nats://10.0.0.1:4222"]
+[agents.pi]
+env = { ANTHROPIC_API_KEY = "sk-secret" }
+"#;
+        let cfg = resolve(
+            Some(text),
+            &flags(&["--slots", "5", "--worker-id", "other"]),
+        )
+        .unwrap();
+        assert_eq!(cfg.slots, 5);
+        assert_eq!(cfg.worker_id.as_str(), "other");
+        assert_eq!(
+            cfg.connect.nats_url,
+            vec!["nats://10.0.0.1:4222".to_string()]
+        );
+        assert_eq!(cfg.confinement, Confinement::Unconfined);
+        assert!(cfg.agents.enabled().iter().any(|t| t.as_str() == "pi"));
+        let debug = format!("{cfg:?}");
+        assert!(
+            !debug.contains("sk-secret"),
+            "secret leaked into Debug: {debug}"
+        );
+    }
+
+    #[test]
+    fn bad_capability_flag_is_a_usage_error_naming_the_field() {
+        let err = match Cli::try_parse_from(["w", "--capabilities", "linux,GPU"]) {
+            Ok(_) => panic!("accepted GPU"),
+            Err(e) => e,
+        };
+        assert_eq!(err.exit_code(), 2);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("--capabilities") && msg.contains("upper case"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_is_reported() {
+        let err = resolve(Some("worker_id = "), &WorkerFlags::default()).unwrap_err();
+        assert!(fields(err).contains(&"(file)".to_string()));
+    }
+}

@@ -1,0 +1,204 @@
+//! What runs an order. [`ExecutorKind::Spawn`] is the real thing: profile,
+//! work dir, confinement, spawn with retries, supervision. [`ExecutorKind::Noop`]
+//! is for the placement/dispatch benchmark only: it reports the attempt
+//! started and succeeded at once, without spawning anything.
+//!
+//! An attempt is begun ([`Executor::begin`], after which the runner reports
+//! `Started` and acknowledges the order) and then finished ([`Begun::finish`]).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::messages::{Outcome, RunOrder};
+use tracing::{info, warn};
+
+use crate::config::{Confinement, WorkerConfig};
+use crate::confine::{self, Sandbox};
+use crate::supervise::{
+    AttemptLimits, Ending, OutputMode, SpawnSpec, StopRx, Supervised, MARKER_VAR,
+};
+use crate::workdir;
+
+/// Which executor the worker uses (a hidden `--executor` flag).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    /// Spawn confined, supervised agents.
+    #[default]
+    Spawn,
+    /// Bench only: acknowledge at once, spawn nothing.
+    Noop,
+}
+
+/// Runs orders per the worker's configuration.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    config: Arc<WorkerConfig>,
+}
+
+/// An attempt that has started.
+#[derive(Debug)]
+pub enum Begun {
+    Agent {
+        agent: Box<Supervised>,
+        workdir: PathBuf,
+        limits: AttemptLimits,
+    },
+    Noop,
+}
+
+impl Begun {
+    /// The agent's pid (the launcher's, under confinement).
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Begun::Agent { agent, .. } => Some(agent.pid()),
+            Begun::Noop => None,
+        }
+    }
+}
+
+impl Executor {
+    pub fn new(config: Arc<WorkerConfig>) -> Executor {
+        Executor { config }
+    }
+
+    /// Starts `order`, or says how it ended without running.
+    pub async fn begin(&self, order: &RunOrder, stop: &mut StopRx) -> Result<Begun, Ending> {
+        self.begin_with(order, stop, OutputMode::Piped).await
+    }
+
+    /// [`Executor::begin`] with the output sent where `output` says
+    /// (`spawn-local` streams it to the terminal).
+    pub async fn begin_with(
+        &self,
+        order: &RunOrder,
+        stop: &mut StopRx,
+        output: OutputMode,
+    ) -> Result<Begun, Ending> {
+        if self.config.executor == ExecutorKind::Noop {
+            return Ok(Begun::Noop);
+        }
+        let cfg = &self.config;
+        let task = &order.task;
+        let invocation = cfg
+            .agents
+            .invocation(task, &order.session)
+            .map_err(|refusal| Ending::without_run(Outcome::Rejected, refusal.0))?;
+        let spawn_failed = |what: &str, e: &dyn std::fmt::Display| {
+            Ending::without_run(Outcome::SpawnFailed, format!("{what}: {e}"))
+        };
+        let dir = workdir::create(&cfg.work_root(), &task.id, order.attempt)
+            .map_err(|e| spawn_failed("creating the work dir", &e))?;
+        if cfg.confinement == Confinement::Jail {
+            workdir::give_to(&dir, &cfg.agent_user)
+                .map_err(|e| spawn_failed("handing the work dir to agent_user", &e))?;
+        }
+        let marker = uuid::Uuid::new_v4().simple().to_string();
+        let mut env: Vec<(String, String)> = vec![
+            (
+                "PATH".into(),
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+            ),
+            ("HOME".into(), dir.to_string_lossy().into_owned()),
+            ("TMPDIR".into(), "/tmp".into()),
+            ("LANG".into(), "C.UTF-8".into()),
+            ("COLIBRI_TASK_ID".into(), task.id.to_string()),
+            ("COLIBRI_ATTEMPT".into(), order.attempt.to_string()),
+            ("COLIBRI_SESSION_ID".into(), order.session.to_string()),
+            (MARKER_VAR.into(), marker.clone()),
+        ];
+        for (k, v) in &invocation.env {
+            env.retain(|(name, _)| name != k);
+            env.push((k.clone(), v.expose().to_string()));
+        }
+        let sandbox = Sandbox {
+            workdir: dir.clone(),
+            network: task.network.unwrap_or(cfg.network.into()),
+            name: format!("colibri_{}_{}", task.id.0.simple(), order.attempt),
+            agent_user: cfg.agent_user.clone(),
+        };
+        let launch = confine::launch(cfg.confinement, &sandbox, &invocation.argv, &env);
+        let cleanup = launch.after.clone();
+        let spec = SpawnSpec {
+            agent_program: invocation.argv.first().cloned().unwrap_or_default(),
+            launch,
+            env,
+            workdir: dir.clone(),
+            output,
+        };
+        let spawned = tokio::select! {
+            r = spec.spawn(cfg.limits.spawn_retries, cfg.limits.spawn_backoff) => r,
+            cause = wait_stop(stop) => {
+                workdir::finish(&dir, cfg.keep_workdirs, cause.outcome());
+                return Err(Ending::without_run(cause.outcome(), cause.reason()));
+            }
+        };
+        let child = match spawned {
+            Ok(child) => child,
+            Err(error) => {
+                warn!(task_id = %task.id, attempt = order.attempt, %error, "agent could not start");
+                crate::supervise::spawn::run_cleanup(&cleanup).await;
+                workdir::finish(&dir, cfg.keep_workdirs, Outcome::SpawnFailed);
+                return Err(Ending::without_run(
+                    Outcome::SpawnFailed,
+                    format!("{error} (after {} tries)", cfg.limits.spawn_retries + 1),
+                ));
+            }
+        };
+        let Some(agent) = Supervised::new(child, marker, cleanup) else {
+            return Err(Ending::without_run(
+                Outcome::SpawnFailed,
+                "the agent exited before it could be supervised",
+            ));
+        };
+        info!(task_id = %task.id, attempt = order.attempt, agent = %invocation.agent, pid = agent.pid(), "agent started");
+        let secs = |s: Option<u64>| s.map(Duration::from_secs);
+        let limits = AttemptLimits {
+            run: secs(task.limits.timeout_secs)
+                .map_or(cfg.limits.max_run, |t| t.min(cfg.limits.max_run)),
+            idle: secs(task.limits.idle_secs).map_or(cfg.limits.idle, |t| t.min(cfg.limits.idle)),
+            kill_grace: cfg.limits.kill_grace,
+            shutdown_kill_grace: cfg.limits.shutdown_grace / 2,
+        };
+        Ok(Begun::Agent {
+            agent: Box::new(agent),
+            workdir: dir,
+            limits,
+        })
+    }
+
+    /// Runs a begun attempt to its end and applies the work-dir policy.
+    pub async fn finish(&self, begun: Begun, stop: &mut StopRx) -> Ending {
+        match begun {
+            Begun::Noop => Ending {
+                outcome: Outcome::Succeeded,
+                exit_code: Some(0),
+                signal: None,
+                reason: None,
+                output: Default::default(),
+            },
+            Begun::Agent {
+                agent,
+                workdir: dir,
+                limits,
+            } => {
+                let ending = agent.wait(limits, stop).await;
+                workdir::finish(&dir, self.config.keep_workdirs, ending.outcome);
+                ending
+            }
+        }
+    }
+}
+
+/// Resolves when a stop is requested (never, once the sender is gone).
+pub async fn wait_stop(stop: &mut StopRx) -> crate::supervise::StopCause {
+    loop {
+        if let Some(cause) = stop.borrow_and_update().clone() {
+            return cause;
+        }
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}

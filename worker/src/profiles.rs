@@ -1,0 +1,378 @@
+//! Agent profiles: which agents this worker runs and how. A profile is an
+//! argv template (`{prompt}`, `{model}`, `{provider}`, `{session}`, `{task}`
+//! are substituted), a map of model names to extra arguments, and an
+//! environment of secrets that reaches only the agent.
+//!
+//! Built-in templates exist for `pi`, `claude` and `codex`; a profile is
+//! enabled only when the worker's file lists it. `command` (a task's own
+//! argv) is enabled only by `allow_command`.
+
+use std::collections::BTreeMap;
+
+use broker::messages::task::COMMAND_AGENT;
+use broker::messages::TaskSpec;
+use broker::{SessionId, Tag, TagSet};
+use serde::Deserialize;
+
+use crate::config::Problem;
+use crate::secret::Secret;
+
+/// `[agents.NAME]` as written in `worker.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    /// Enabled when the table is present, unless `enabled = false`.
+    pub enabled: Option<bool>,
+    /// The built-in template when absent (pi, claude, codex).
+    pub argv: Option<Vec<String>>,
+    #[serde(default)]
+    pub models: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, Secret>,
+}
+
+/// A validated agent profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentProfile {
+    pub name: Tag,
+    pub argv: Vec<String>,
+    /// `--model NAME` of a task maps to these extra arguments.
+    pub models: BTreeMap<String, Vec<String>>,
+    /// Secrets: only in the agent's environment, never logged.
+    pub env: BTreeMap<String, Secret>,
+}
+
+/// The built-in argv template of a known agent.
+pub fn builtin_argv(name: &str) -> Option<Vec<String>> {
+    let argv: &[&str] = match name {
+        "pi" => &["pi", "--mode", "json", "{prompt}"],
+        "claude" => &[
+            "claude",
+            "-p",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "{prompt}",
+        ],
+        "codex" => &["codex", "exec", "--json", "{prompt}"],
+        _ => return None,
+    };
+    Some(argv.iter().map(|s| s.to_string()).collect())
+}
+
+/// What to run for one order: the agent's argv and its own environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invocation {
+    pub agent: Tag,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, Secret)>,
+}
+
+/// Why an order is refused (reported as `Rejected` with this reason).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+/// The enabled profiles of this worker.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Profiles {
+    profiles: BTreeMap<String, AgentProfile>,
+    allow_command: bool,
+}
+
+impl Profiles {
+    /// Validates `[agents.*]`, pushing a problem per bad field.
+    pub fn from_file(
+        agents: &BTreeMap<String, AgentFile>,
+        allow_command: bool,
+        problems: &mut Vec<Problem>,
+    ) -> Profiles {
+        let mut out = Profiles {
+            profiles: BTreeMap::new(),
+            allow_command,
+        };
+        for (name, file) in agents {
+            let field = format!("agents.{name}");
+            if name == COMMAND_AGENT {
+                problems.push(Problem {
+                    field,
+                    message: "the command agent has no profile; enable it with allow_command"
+                        .into(),
+                });
+                continue;
+            }
+            let tag = match Tag::parse_name("agent", name) {
+                Ok(t) => t,
+                Err(e) => {
+                    problems.push(Problem {
+                        field,
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let argv = match file.argv.clone().or_else(|| builtin_argv(name)) {
+                Some(argv) if !argv.is_empty() && !argv[0].is_empty() => argv,
+                Some(_) => {
+                    problems.push(Problem {
+                        field: format!("{field}.argv"),
+                        message: "must hold at least a program".into(),
+                    });
+                    continue;
+                }
+                None => {
+                    problems.push(Problem {
+                        field: format!("{field}.argv"),
+                        message: "required: no built-in template for this agent".into(),
+                    });
+                    continue;
+                }
+            };
+            for key in file.env.keys() {
+                if key.is_empty() || key.contains('=') || key.contains('\0') {
+                    problems.push(Problem {
+                        field: format!("{field}.env"),
+                        message: format!("{key:?} is not a variable name"),
+                    });
+                }
+            }
+            if file.enabled == Some(false) {
+                continue;
+            }
+            out.insert(AgentProfile {
+                name: tag,
+                argv,
+                models: file.models.clone(),
+                env: file.env.clone(),
+            });
+        }
+        out
+    }
+
+    /// Adds (or replaces) an enabled profile.
+    pub fn insert(&mut self, profile: AgentProfile) {
+        self.profiles
+            .insert(profile.name.as_str().to_string(), profile);
+    }
+
+    /// Enables or disables the `command` agent.
+    pub fn set_allow_command(&mut self, allow: bool) {
+        self.allow_command = allow;
+    }
+
+    pub fn allow_command(&self) -> bool {
+        self.allow_command
+    }
+
+    pub fn get(&self, name: &str) -> Option<&AgentProfile> {
+        self.profiles.get(name)
+    }
+
+    /// The agents this worker advertises in its heartbeat.
+    pub fn enabled(&self) -> TagSet {
+        let mut set = TagSet::new();
+        for p in self.profiles.values() {
+            set.insert(p.name.clone());
+        }
+        if self.allow_command {
+            if let Ok(t) = Tag::parse(COMMAND_AGENT) {
+                set.insert(t);
+            }
+        }
+        set
+    }
+
+    /// What to run for `task`, or why this worker refuses it.
+    pub fn invocation(&self, task: &TaskSpec, session: &SessionId) -> Result<Invocation, Refusal> {
+        let agent = task.agent.as_str();
+        if agent == COMMAND_AGENT {
+            if !self.allow_command {
+                return Err(Refusal(
+                    "agent command is not enabled on this worker (it was not started with --allow-command)".into(),
+                ));
+            }
+            if task.command.first().is_none_or(|p| p.is_empty()) {
+                return Err(Refusal("a command task needs an argv".into()));
+            }
+            return Ok(Invocation {
+                agent: task.agent.clone(),
+                argv: task.command.clone(),
+                env: Vec::new(),
+            });
+        }
+        let Some(profile) = self.profiles.get(agent) else {
+            return Err(Refusal(format!(
+                "agent {agent} is not enabled on this worker"
+            )));
+        };
+        let mut vars = BTreeMap::new();
+        vars.insert("prompt", task.prompt.clone().unwrap_or_default());
+        vars.insert("model", task.model.clone().unwrap_or_default());
+        vars.insert("provider", task.provider.clone().unwrap_or_default());
+        vars.insert("session", session.to_string());
+        vars.insert("task", task.id.to_string());
+        let mut argv: Vec<String> = profile.argv.iter().map(|a| substitute(a, &vars)).collect();
+        if let Some(model) = &task.model {
+            let uses_model = profile.argv.iter().any(|a| a.contains("{model}"));
+            match profile.models.get(model) {
+                Some(extra) => {
+                    let at = profile
+                        .argv
+                        .iter()
+                        .position(|a| a.contains("{prompt}"))
+                        .unwrap_or(argv.len());
+                    argv.splice(at..at, extra.iter().cloned());
+                }
+                None if uses_model => {}
+                None => {
+                    return Err(Refusal(format!(
+                        "model {model} is not in agents.{agent}.models on this worker"
+                    )))
+                }
+            }
+        }
+        Ok(Invocation {
+            agent: task.agent.clone(),
+            argv,
+            env: profile
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        })
+    }
+}
+
+/// Replaces each `{name}` of `vars` in one pass (a prompt that contains
+/// `{model}` is left as written).
+pub fn substitute(template: &str, vars: &BTreeMap<&str, String>) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        match after
+            .find('}')
+            .and_then(|close| vars.get(&after[..close]).map(|v| (close, v)))
+        {
+            Some((close, value)) => {
+                out.push_str(value);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(agent: &str, prompt: &str, model: Option<&str>) -> TaskSpec {
+        let mut t = TaskSpec::command("t", TagSet::new(), vec![]);
+        t.agent = Tag::parse(agent).unwrap();
+        t.prompt = Some(prompt.into());
+        t.model = model.map(String::from);
+        t
+    }
+
+    fn profiles(file: &str, allow_command: bool) -> Profiles {
+        let agents: BTreeMap<String, AgentFile> = toml::from_str(file).unwrap();
+        let mut problems = Vec::new();
+        let p = Profiles::from_file(&agents, allow_command, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        p
+    }
+
+    #[test]
+    fn pi_template_with_model_args() {
+        let p = profiles(
+            r#"
+[pi]
+models = { sonnet = ["--model", "claude-sonnet-4"] }
+env = { ANTHROPIC_API_KEY = "sk-1" }
+"#,
+            false,
+        );
+        let inv = p
+            .invocation(
+                &task("pi", "fix {model} bug", Some("sonnet")),
+                &SessionId::new(),
+            )
+            .unwrap();
+        assert_eq!(
+            inv.argv,
+            [
+                "pi",
+                "--mode",
+                "json",
+                "--model",
+                "claude-sonnet-4",
+                "fix {model} bug"
+            ]
+        );
+        assert_eq!(inv.env[0].0, "ANTHROPIC_API_KEY");
+        assert_eq!(inv.env[0].1.expose(), "sk-1");
+        assert!(!format!("{inv:?}").contains("sk-1"));
+    }
+
+    #[test]
+    fn placeholders_are_substituted() {
+        let p = profiles(
+            r#"x = { argv = ["x", "--m={model}", "--s", "{session}", "{prompt}"] }"#,
+            false,
+        );
+        let s = SessionId::new();
+        let inv = p.invocation(&task("x", "hi", Some("big")), &s).unwrap();
+        assert_eq!(
+            inv.argv,
+            vec![
+                "x".into(),
+                "--m=big".into(),
+                "--s".into(),
+                s.to_string(),
+                "hi".into()
+            ]
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_reason() {
+        let p = profiles(
+            r#"pi = { enabled = true }
+claude = { enabled = false }"#,
+            false,
+        );
+        let e = p
+            .invocation(&task("claude", "x", None), &SessionId::new())
+            .unwrap_err();
+        assert!(e.0.contains("claude is not enabled"));
+        let e = p
+            .invocation(&task("pi", "x", Some("opus")), &SessionId::new())
+            .unwrap_err();
+        assert!(e.0.contains("model opus"));
+        let cmd = TaskSpec::command("t", TagSet::new(), vec!["/bin/true".into()]);
+        let e = p.invocation(&cmd, &SessionId::new()).unwrap_err();
+        assert!(e.0.contains("--allow-command"));
+        assert_eq!(
+            p.enabled().joined(),
+            TagSet::parse_lists(["pi"]).unwrap().joined()
+        );
+    }
+
+    #[test]
+    fn command_needs_allow_command() {
+        let p = profiles("", true);
+        let cmd = TaskSpec::command("t", TagSet::new(), vec!["/bin/true".into()]);
+        assert_eq!(
+            p.invocation(&cmd, &SessionId::new()).unwrap().argv,
+            ["/bin/true"]
+        );
+        assert!(p.enabled().iter().any(|t| t.as_str() == "command"));
+    }
+}

@@ -1,0 +1,249 @@
+//! Supervision of one running agent: its handle (pid, process group, start
+//! time, output pipes), its limits (run time, idle time), stopping it on
+//! request, and killing its whole tree so that nothing is left behind.
+//!
+//! - [`spawn`]: set-up, spawn in its own process group, retries with backoff;
+//! - [`kill`]: SIGTERM, grace, SIGKILL of every process of the attempt;
+//! - [`procfs`]: the process table the killer reads.
+
+pub mod kill;
+pub mod procfs;
+pub mod spawn;
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+
+use broker::messages::Outcome;
+use tokio::process::Child;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, info};
+
+use crate::session_output::{self, OutputSummary};
+pub use kill::{Tree, MARKER_VAR};
+pub use spawn::{OutputMode, SpawnError, SpawnSpec};
+
+/// Why an agent is being stopped from outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopCause {
+    /// A cancel order (operator cancel, or fencing of a stale attempt).
+    Cancel(String),
+    /// The worker is shutting down.
+    Shutdown,
+}
+
+impl StopCause {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            StopCause::Cancel(_) => Outcome::Cancelled,
+            StopCause::Shutdown => Outcome::Interrupted,
+        }
+    }
+
+    pub fn reason(&self) -> String {
+        match self {
+            StopCause::Cancel(reason) => format!("cancelled: {reason}"),
+            StopCause::Shutdown => "worker shutting down".to_string(),
+        }
+    }
+}
+
+/// The stop signal of one attempt: `None` while it may run.
+pub type StopRx = watch::Receiver<Option<StopCause>>;
+
+/// Limits of one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptLimits {
+    pub run: Duration,
+    pub idle: Duration,
+    pub kill_grace: Duration,
+    /// Grace when the worker shuts down (bounded by its shutdown grace).
+    pub shutdown_kill_grace: Duration,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ending {
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub reason: Option<String>,
+    pub output: OutputSummary,
+}
+
+impl Ending {
+    /// An attempt that ended without running (refused, could not start).
+    pub fn without_run(outcome: Outcome, reason: impl Into<String>) -> Ending {
+        Ending {
+            outcome,
+            exit_code: None,
+            signal: None,
+            reason: Some(reason.into()),
+            output: OutputSummary::default(),
+        }
+    }
+}
+
+enum End {
+    Exited(Option<std::process::ExitStatus>),
+    Forced(Outcome, String),
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Supervised {
+    child: Child,
+    pid: u32,
+    started: Instant,
+    tree: Tree,
+    activity: watch::Receiver<Instant>,
+    drain: JoinHandle<OutputSummary>,
+    cleanup: Vec<Vec<String>>,
+}
+
+impl Supervised {
+    /// Takes over a freshly spawned child: starts reading its output.
+    pub fn new(mut child: Child, marker: String, cleanup: Vec<Vec<String>>) -> Option<Supervised> {
+        let pid = child.id()?;
+        let started = Instant::now();
+        let (tx, activity) = watch::channel(started);
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let drain = tokio::spawn(session_output::drain(stdout, stderr, tx));
+        Some(Supervised {
+            child,
+            pid,
+            started,
+            tree: Tree {
+                pgid: pid as i32,
+                marker,
+            },
+            activity,
+            drain,
+            cleanup,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Runs the agent to its end: its own exit, a limit, or a stop request.
+    /// Whatever the end, the whole tree is gone when this returns.
+    pub async fn wait(mut self, limits: AttemptLimits, stop: &mut StopRx) -> Ending {
+        let deadline = tokio::time::Instant::from_std(later(self.started, limits.run));
+        let mut stop_open = true;
+        let end = loop {
+            if let Some(cause) = stop.borrow().clone() {
+                break End::Forced(cause.outcome(), cause.reason());
+            }
+            let last = *self.activity.borrow();
+            let idle_at = tokio::time::Instant::from_std(later(last, limits.idle));
+            tokio::select! {
+                status = self.child.wait() => break End::Exited(status.ok()),
+                _ = tokio::time::sleep_until(deadline) => {
+                    break End::Forced(Outcome::TimedOut, format!("run time limit of {} s reached", limits.run.as_secs()));
+                }
+                _ = tokio::time::sleep_until(idle_at) => {
+                    if self.activity.borrow().elapsed() >= limits.idle {
+                        break End::Forced(Outcome::TimedOut, format!("idle limit: no output for {} s", limits.idle.as_secs()));
+                    }
+                }
+                changed = stop.changed(), if stop_open => {
+                    if changed.is_err() {
+                        stop_open = false;
+                    }
+                }
+            }
+        };
+        match end {
+            End::Exited(status) => self.finish(None, status, limits).await,
+            End::Forced(outcome, reason) => {
+                self.finish(Some((outcome, reason)), None, limits).await
+            }
+        }
+    }
+
+    async fn finish(
+        mut self,
+        forced: Option<(Outcome, String)>,
+        status: Option<std::process::ExitStatus>,
+        limits: AttemptLimits,
+    ) -> Ending {
+        if let Some((outcome, reason)) = &forced {
+            info!(pid = self.pid, ?outcome, %reason, "stopping the agent");
+        }
+        // Kill the tree in both cases: after a natural exit this removes
+        // whatever the agent left running.
+        let grace = match &forced {
+            Some((Outcome::Interrupted, _)) => limits.kill_grace.min(limits.shutdown_kill_grace),
+            Some(_) => limits.kill_grace,
+            None => limits.kill_grace.min(Duration::from_secs(1)),
+        };
+        self.tree.kill(grace).await;
+        let status = match status {
+            Some(s) => Some(s),
+            None => tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+                .await
+                .ok()
+                .and_then(|r| r.ok()),
+        };
+        let output = match tokio::time::timeout(Duration::from_secs(5), &mut self.drain).await {
+            Ok(Ok(summary)) => summary,
+            _ => {
+                self.drain.abort();
+                OutputSummary::default()
+            }
+        };
+        spawn::run_cleanup(&self.cleanup).await;
+        let exit_code = status.and_then(|s| s.code());
+        let signal = status.and_then(|s| s.signal());
+        debug!(
+            pid = self.pid,
+            ?exit_code,
+            ?signal,
+            lines = output.stdout_lines,
+            "agent ended"
+        );
+        let (outcome, reason) = match forced {
+            Some((outcome, reason)) => (outcome, Some(reason)),
+            None => judge(exit_code, signal, &output),
+        };
+        Ending {
+            outcome,
+            exit_code,
+            signal,
+            reason,
+            output,
+        }
+    }
+}
+
+/// `at + d`, saturating at about a year ahead instead of overflowing.
+fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .or_else(|| at.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(at)
+}
+
+/// Success or failure of an agent that ended on its own: its own end signal
+/// when the output seam understood one, else its exit status.
+pub fn judge(
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    output: &OutputSummary,
+) -> (Outcome, Option<String>) {
+    if let Some(verdict) = output.verdict {
+        return (verdict, None);
+    }
+    match (exit_code, signal) {
+        (Some(0), _) => (Outcome::Succeeded, None),
+        (Some(code), _) => (Outcome::Failed, Some(format!("exited with status {code}"))),
+        (None, Some(sig)) => (Outcome::Failed, Some(format!("killed by signal {sig}"))),
+        (None, None) => (Outcome::Failed, Some("exit status unknown".to_string())),
+    }
+}

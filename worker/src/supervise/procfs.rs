@@ -1,0 +1,162 @@
+//! A snapshot of the process table from `/proc` (Linux): pid, parent,
+//! process group and state of every process. Where `/proc` is absent (a
+//! FreeBSD host without procfs) the snapshot is empty and the supervisor
+//! relies on process groups and jails alone.
+
+use std::fs;
+
+/// One process, as `/proc/PID/stat` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub state: char,
+}
+
+impl Proc {
+    /// A zombie has exited; only its parent's wait is missing.
+    pub fn is_alive(&self) -> bool {
+        !matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// Parses the line of `/proc/PID/stat`. The command name sits in
+/// parentheses and may itself hold spaces and parentheses: fields are read
+/// after the last `)`.
+pub fn parse_stat(line: &str) -> Option<Proc> {
+    let open = line.find('(')?;
+    let close = line.rfind(')')?;
+    let pid = line[..open].trim().parse().ok()?;
+    let mut rest = line.get(close + 1..)?.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    let pgrp = rest.next()?.parse().ok()?;
+    Some(Proc {
+        pid,
+        ppid,
+        pgrp,
+        state,
+    })
+}
+
+/// Every process now (empty without procfs).
+pub fn snapshot() -> Vec<Proc> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
+        .filter_map(|s| parse_stat(&s))
+        .collect()
+}
+
+/// The state of one process, `None` when it is gone.
+pub fn process(pid: i32) -> Option<Proc> {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| parse_stat(&s))
+}
+
+/// Live descendants of `root` (not `root` itself), by parent links.
+pub fn descendants(procs: &[Proc], root: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for p in procs.iter().filter(|p| p.ppid == parent && p.pid != root) {
+            if !out.contains(&p.pid) {
+                out.push(p.pid);
+                frontier.push(p.pid);
+            }
+        }
+    }
+    out.retain(|pid| procs.iter().any(|p| p.pid == *pid && p.is_alive()));
+    out
+}
+
+/// Live processes whose environment holds `VAR=value` exactly: the
+/// attempt's marker survives `setsid` and reparenting.
+pub fn marked(procs: &[Proc], var: &str, value: &str) -> Vec<i32> {
+    let needle = format!("{var}={value}");
+    let me = std::process::id() as i32;
+    procs
+        .iter()
+        .filter(|p| p.is_alive() && p.pid != me)
+        .filter(|p| {
+            fs::read(format!("/proc/{}/environ", p.pid))
+                .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+                .unwrap_or(false)
+        })
+        .map(|p| p.pid)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_spaces_and_parens_in_name() {
+        let p = parse_stat("1234 (a b) c)) S 1 1234 1234 0 -1").unwrap();
+        assert_eq!(
+            p,
+            Proc {
+                pid: 1234,
+                ppid: 1,
+                pgrp: 1234,
+                state: 'S'
+            }
+        );
+    }
+
+    #[test]
+    fn descendants_follow_parent_links() {
+        let procs = [
+            Proc {
+                pid: 10,
+                ppid: 1,
+                pgrp: 10,
+                state: 'S',
+            },
+            Proc {
+                pid: 11,
+                ppid: 10,
+                pgrp: 10,
+                state: 'S',
+            },
+            Proc {
+                pid: 12,
+                ppid: 11,
+                pgrp: 12,
+                state: 'S',
+            },
+            Proc {
+                pid: 13,
+                ppid: 11,
+                pgrp: 12,
+                state: 'Z',
+            },
+            Proc {
+                pid: 20,
+                ppid: 1,
+                pgrp: 20,
+                state: 'S',
+            },
+        ];
+        let mut d = descendants(&procs, 10);
+        d.sort();
+        assert_eq!(d, vec![11, 12]);
+    }
+
+    #[test]
+    fn this_process_is_visible() {
+        let me = std::process::id() as i32;
+        assert!(process(me).is_some_and(|p| p.is_alive()));
+    }
+}
