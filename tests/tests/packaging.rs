@@ -1156,3 +1156,43 @@ fn rc_scheduler_checks_config_as_the_service_user() {
         text(&out.stderr)
     );
 }
+
+/// The shipped samples pass the daemons' own `check-config`, when the
+/// binaries are built (target/<profile>/; `cargo build --bins` first, since
+/// this test does not build them).
+#[test]
+fn sample_configs_pass_the_daemons_check_config() {
+    let mut cases = vec![
+        ("colibri-scheduler", "packaging/freebsd/scheduler.toml"),
+        ("colibri-scheduler", "packaging/systemd/scheduler.toml"),
+        ("colibri-worker", "packaging/systemd/worker.toml"),
+    ];
+    // confinement = "jail" is only valid on FreeBSD.
+    if cfg!(target_os = "freebsd") {
+        cases.push(("colibri-worker", "packaging/freebsd/worker.toml"));
+    }
+    for (binary, sample) in cases {
+        let bin = harness::workspace_bin(binary);
+        if !bin.is_file() {
+            skip(
+                &format!("{binary} check-config {sample}"),
+                &format!("{} not built (cargo build --bins)", bin.display()),
+            );
+            continue;
+        }
+        let out = run_bounded(
+            Command::new(&bin)
+                .arg("check-config")
+                .arg("--config")
+                .arg(repo().join(sample))
+                .env_remove("COLIBRI_CONFIG"),
+            DEADLINE,
+        );
+        assert!(
+            out.status.success(),
+            "{binary} check-config {sample}:\n{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+}
