@@ -21,9 +21,18 @@ async fn run_order_reports_started_then_finished() -> anyhow::Result<()> {
     let task = fake_task(&["--sleep-ms", "300", "--usage-tokens", "50"]);
     fleet.run(&w.id, &task, 1).await?;
     let started = fleet.report(&task, "started").await?;
-    assert!(matches!(started.body, ReportBody::Started { pid: Some(_), .. }));
+    assert!(matches!(
+        started.body,
+        ReportBody::Started { pid: Some(_), .. }
+    ));
     // While it runs, heartbeats renew its lease.
-    fleet.heartbeat(|hb| hb.running.iter().any(|a| a.task_id == task.id && a.attempt == 1)).await?;
+    fleet
+        .heartbeat(|hb| {
+            hb.running
+                .iter()
+                .any(|a| a.task_id == task.id && a.attempt == 1)
+        })
+        .await?;
     let (outcome, code, _) = fleet.finished(&task).await?;
     assert_eq!((outcome, code), (Outcome::Succeeded, Some(0)));
 
@@ -34,17 +43,29 @@ async fn run_order_reports_started_then_finished() -> anyhow::Result<()> {
     fleet.run(&w.id, &failing, 1).await?;
     let (outcome, code, reason) = fleet.finished(&failing).await?;
     assert_eq!((outcome, code), (Outcome::Failed, Some(7)), "{reason}");
-    let starts = fleet.seen_reports.iter().filter(|r| r.task_id == task.id && r.body.kind() == "started").count();
+    let starts = fleet
+        .seen_reports
+        .iter()
+        .filter(|r| r.task_id == task.id && r.body.kind() == "started")
+        .count();
     assert_eq!(starts, 1);
-    assert!(!w.workdir(&task, 1).exists(), "work dir of a success is removed (on-failure policy)");
-    assert!(w.workdir(&failing, 1).exists(), "work dir of a failure is kept (on-failure policy)");
+    assert!(
+        !w.workdir(&task, 1).exists(),
+        "work dir of a success is removed (on-failure policy)"
+    );
+    assert!(
+        w.workdir(&failing, 1).exists(),
+        "work dir of a failure is kept (on-failure policy)"
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_not_enabled_is_rejected_with_the_reason() -> anyhow::Result<()> {
     let mut fleet = Fleet::start().await?;
-    let w = fleet.worker("debby", |c| c.agents.set_allow_command(false)).await?;
+    let w = fleet
+        .worker("debby", |c| c.agents.set_allow_command(false))
+        .await?;
     let mut task = fake_task(&[]);
     fleet.run(&w.id, &task, 1).await?;
     let (outcome, _, reason) = fleet.finished(&task).await?;
@@ -66,7 +87,14 @@ async fn cancel_kills_grandchildren_that_ignore_sigterm() -> anyhow::Result<()> 
     let w = fleet.worker("debby", |_| {}).await?;
     let pidfile = w.state.path().join("pids");
     let pidfile_arg = pidfile.display().to_string();
-    let task = fake_task(&["--grandchildren", "3", "--ignore-term", "--hang", "--pidfile", &pidfile_arg]);
+    let task = fake_task(&[
+        "--grandchildren",
+        "3",
+        "--ignore-term",
+        "--hang",
+        "--pidfile",
+        &pidfile_arg,
+    ]);
     fleet.run(&w.id, &task, 1).await?;
     fleet.report(&task, "started").await?;
     let pids: Vec<i32> = eventually(LONG, "pidfile with 4 pids", || async {
@@ -83,7 +111,9 @@ async fn cancel_kills_grandchildren_that_ignore_sigterm() -> anyhow::Result<()> 
     assert!(left.is_empty(), "processes of the task remain: {left:?}");
     // A cancel for an attempt this worker does not know is acknowledged.
     fleet.cancel(&w.id, &fake_task(&[]), 1).await?;
-    fleet.heartbeat(|hb| hb.worker == w.id && hb.running.is_empty()).await?;
+    fleet
+        .heartbeat(|hb| hb.worker == w.id && hb.running.is_empty())
+        .await?;
     Ok(())
 }
 
@@ -103,7 +133,9 @@ async fn run_time_limit_times_out() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_limit_times_out() -> anyhow::Result<()> {
     let mut fleet = Fleet::start().await?;
-    let w = fleet.worker("debby", |c| c.limits.idle = Duration::from_secs(1)).await?;
+    let w = fleet
+        .worker("debby", |c| c.limits.idle = Duration::from_secs(1))
+        .await?;
     let task = fake_task(&["--hang"]);
     fleet.run(&w.id, &task, 1).await?;
     let (outcome, _, reason) = fleet.finished(&task).await?;
@@ -115,13 +147,21 @@ async fn idle_limit_times_out() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_binary_is_spawn_failed_after_retries() -> anyhow::Result<()> {
     let mut fleet = Fleet::start().await?;
-    let w = fleet.worker("debby", |c| c.limits.spawn_retries = 2).await?;
+    let w = fleet
+        .worker("debby", |c| c.limits.spawn_retries = 2)
+        .await?;
     let task = command_task(&["/nonexistent/agent", "x"]);
     fleet.run(&w.id, &task, 1).await?;
     let (outcome, _, reason) = fleet.finished(&task).await?;
     assert_eq!(outcome, Outcome::SpawnFailed);
-    assert!(reason.contains("/nonexistent/agent") && reason.contains("after 3 tries"), "{reason}");
-    assert_eq!(outcome.failure_class(), Some(broker::messages::FailureClass::Infrastructure));
+    assert!(
+        reason.contains("/nonexistent/agent") && reason.contains("after 3 tries"),
+        "{reason}"
+    );
+    assert_eq!(
+        outcome.failure_class(),
+        Some(broker::messages::FailureClass::Infrastructure)
+    );
     Ok(())
 }
 
@@ -135,7 +175,9 @@ async fn shutdown_interrupts_agents_and_sends_leaving() -> anyhow::Result<()> {
     w.shutdown.cancel();
     let (outcome, _, reason) = fleet.finished(&task).await?;
     assert_eq!(outcome, Outcome::Interrupted, "{reason}");
-    let bye = fleet.heartbeat(|hb| hb.worker == w.id && hb.leaving).await?;
+    let bye = fleet
+        .heartbeat(|hb| hb.worker == w.id && hb.leaving)
+        .await?;
     assert!(bye.running.is_empty());
     within(Duration::from_secs(6), "worker::run to return", w.handle).await???;
     Ok(())
@@ -146,8 +188,17 @@ async fn malformed_orders_are_dropped_and_the_worker_carries_on() -> anyhow::Res
     let mut fleet = Fleet::start().await?;
     let w = fleet.worker("debby", |_| {}).await?;
     fleet.raw_order(&w.id, b"not json".to_vec()).await?;
-    fleet.raw_order(&w.id, br#"{"v":99,"kind":"run"}"#.to_vec()).await?;
-    let task = fake_task(&["--garbage", "--non-utf8", "--huge-line", "3000000", "--flood", "2000"]);
+    fleet
+        .raw_order(&w.id, br#"{"v":99,"kind":"run"}"#.to_vec())
+        .await?;
+    let task = fake_task(&[
+        "--garbage",
+        "--non-utf8",
+        "--huge-line",
+        "3000000",
+        "--flood",
+        "2000",
+    ]);
     fleet.run(&w.id, &task, 1).await?;
     let (outcome, _, reason) = fleet.finished(&task).await?;
     assert_eq!(outcome, Outcome::Succeeded, "{reason}");
@@ -170,13 +221,22 @@ async fn nats_restart_mid_run_loses_no_report() -> anyhow::Result<()> {
         let subject = broker::subjects::task_report(&task.id);
         async move {
             let stream = js.get_stream(broker::provision::INTAKE_STREAM).await.ok()?;
-            let msg = stream.get_last_raw_message_by_subject(&subject).await.ok()?;
+            let msg = stream
+                .get_last_raw_message_by_subject(&subject)
+                .await
+                .ok()?;
             let report: broker::messages::Report = broker::messages::decode(&msg.payload).ok()?;
             matches!(report.body, ReportBody::Finished { .. }).then_some(report)
         }
     })
     .await?;
-    assert!(matches!(finished.body, ReportBody::Finished { outcome: Outcome::Succeeded, .. }));
+    assert!(matches!(
+        finished.body,
+        ReportBody::Finished {
+            outcome: Outcome::Succeeded,
+            ..
+        }
+    ));
     // And orders placed after the restart still reach the worker.
     let next = fake_task(&[]);
     fleet.run(&w.id, &next, 1).await?;
@@ -185,7 +245,10 @@ async fn nats_restart_mid_run_loses_no_report() -> anyhow::Result<()> {
         let subject = broker::subjects::task_report(&next.id);
         async move {
             let stream = js.get_stream(broker::provision::INTAKE_STREAM).await.ok()?;
-            let msg = stream.get_last_raw_message_by_subject(&subject).await.ok()?;
+            let msg = stream
+                .get_last_raw_message_by_subject(&subject)
+                .await
+                .ok()?;
             let report: broker::messages::Report = broker::messages::decode(&msg.payload).ok()?;
             matches!(report.body, ReportBody::Finished { .. }).then_some(())
         }

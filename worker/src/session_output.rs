@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 use broker::messages::{Outcome, Usage};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::watch;
 
 /// Longest line kept; longer lines are cut here and counted.
@@ -71,15 +71,13 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 cut = true;
             }
             line.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            Pin::new(&mut self.inner).consume(used);
+            self.inner.consume(used);
             if done {
                 return Ok(Some(Line { bytes: line, cut }));
             }
         }
     }
 }
-
-use std::pin::Pin;
 
 /// Reads both streams to EOF, stamping `activity` at every line. Read errors
 /// end that stream (the agent's exit status still decides).
@@ -127,12 +125,6 @@ async fn count<R: AsyncRead + Unpin>(
         activity.send_replace(Instant::now());
     }
     (lines, bytes, cut)
-}
-
-// `AsyncBufRead` is used through `fill_buf`/`consume` above.
-#[allow(dead_code)]
-fn _assert_bufread<R: AsyncRead + Unpin>(r: &BufReader<R>) -> &dyn AsyncBufRead {
-    r
 }
 
 #[cfg(test)]

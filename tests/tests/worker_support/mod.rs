@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream;
-use broker::messages::{decode, encode, CancelOrder, Heartbeat, Outcome, Report, ReportBody, RunOrder, TaskSpec, WorkItem, WorkMessage};
+use broker::messages::{
+    decode, encode, CancelOrder, Heartbeat, Outcome, Report, ReportBody, RunOrder, TaskSpec,
+    WorkItem, WorkMessage,
+};
 use broker::{subjects, SessionId, TagSet, WorkerId};
 use futures::StreamExt;
 use harness::{within, NatsServer};
@@ -27,10 +30,20 @@ pub fn fake_agent() -> PathBuf {
         .get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = std::process::Command::new(cargo)
-                .args(["build", "-q", "-p", "colibri-worker", "--bin", "colibri-fake-agent"])
+                .args([
+                    "build",
+                    "-q",
+                    "-p",
+                    "colibri-worker",
+                    "--bin",
+                    "colibri-fake-agent",
+                ])
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .status();
-            assert!(status.is_ok_and(|s| s.success()), "building colibri-fake-agent failed");
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "building colibri-fake-agent failed"
+            );
             harness::workspace_bin("colibri-fake-agent")
         })
         .clone()
@@ -44,7 +57,11 @@ pub fn fake_task(args: &[&str]) -> TaskSpec {
 }
 
 pub fn command_task(argv: &[&str]) -> TaskSpec {
-    TaskSpec::command("command", TagSet::new(), argv.iter().map(|s| s.to_string()).collect())
+    TaskSpec::command(
+        "command",
+        TagSet::new(),
+        argv.iter().map(|s| s.to_string()).collect(),
+    )
 }
 
 /// A nats-server with subscriptions to every report and heartbeat.
@@ -67,7 +84,10 @@ pub struct Worker {
 
 impl Worker {
     pub fn workdir(&self, task: &TaskSpec, attempt: u32) -> PathBuf {
-        self.state.path().join("work").join(format!("{}-{attempt}", task.id))
+        self.state
+            .path()
+            .join("work")
+            .join(format!("{}-{attempt}", task.id))
     }
 }
 
@@ -80,7 +100,14 @@ impl Fleet {
         let reports = client.subscribe(subjects::TASK_REPORT_ALL).await?;
         let presence = client.subscribe(subjects::PRESENCE_ALL).await?;
         client.flush().await?;
-        Ok(Fleet { nats, client, js, reports, presence, seen_reports: Vec::new() })
+        Ok(Fleet {
+            nats,
+            client,
+            js,
+            reports,
+            presence,
+            seen_reports: Vec::new(),
+        })
     }
 
     /// A worker config for tests: unconfined, `command` allowed, short graces.
@@ -96,7 +123,11 @@ impl Fleet {
     }
 
     /// Starts a worker (configured by `tweak`) and waits for its first heartbeat.
-    pub async fn worker(&mut self, name: &str, tweak: impl FnOnce(&mut WorkerConfig)) -> anyhow::Result<Worker> {
+    pub async fn worker(
+        &mut self,
+        name: &str,
+        tweak: impl FnOnce(&mut WorkerConfig),
+    ) -> anyhow::Result<Worker> {
         let state = tempfile::tempdir()?;
         let mut cfg = Fleet::config(name, state.path());
         tweak(&mut cfg);
@@ -105,11 +136,19 @@ impl Fleet {
         let client = self.nats.client().await?;
         let handle = tokio::spawn(worker::run(client, cfg, shutdown.clone()));
         self.heartbeat(|hb| hb.worker == id).await?;
-        Ok(Worker { id, state, shutdown, handle })
+        Ok(Worker {
+            id,
+            state,
+            shutdown,
+            handle,
+        })
     }
 
     /// The next heartbeat matching `pred`.
-    pub async fn heartbeat(&mut self, pred: impl Fn(&Heartbeat) -> bool) -> anyhow::Result<Heartbeat> {
+    pub async fn heartbeat(
+        &mut self,
+        pred: impl Fn(&Heartbeat) -> bool,
+    ) -> anyhow::Result<Heartbeat> {
         let presence = &mut self.presence;
         within(LONG, "a heartbeat", async {
             while let Some(msg) = presence.next().await {
@@ -126,30 +165,58 @@ impl Fleet {
 
     /// Publishes an order on the worker's work subject, as the scheduler does.
     pub async fn order(&self, worker: &WorkerId, item: WorkItem) -> anyhow::Result<()> {
-        self.raw_order(worker, encode(&WorkMessage::new(item)).to_vec()).await
+        self.raw_order(worker, encode(&WorkMessage::new(item)).to_vec())
+            .await
     }
 
     pub async fn raw_order(&self, worker: &WorkerId, payload: Vec<u8>) -> anyhow::Result<()> {
         within(LONG, "order stored", async {
-            self.js.publish(subjects::work(worker), payload.into()).await?.await.context("order ack")
+            self.js
+                .publish(subjects::work(worker), payload.into())
+                .await?
+                .await
+                .context("order ack")
         })
         .await??;
         Ok(())
     }
 
-    pub async fn run(&self, worker: &WorkerId, task: &TaskSpec, attempt: u32) -> anyhow::Result<()> {
-        let order = RunOrder { task: task.clone(), attempt, session: SessionId::new(), cost_mode: Default::default() };
+    pub async fn run(
+        &self,
+        worker: &WorkerId,
+        task: &TaskSpec,
+        attempt: u32,
+    ) -> anyhow::Result<()> {
+        let order = RunOrder {
+            task: task.clone(),
+            attempt,
+            session: SessionId::new(),
+            cost_mode: Default::default(),
+        };
         self.order(worker, WorkItem::Run(Box::new(order))).await
     }
 
-    pub async fn cancel(&self, worker: &WorkerId, task: &TaskSpec, attempt: u32) -> anyhow::Result<()> {
-        let order = CancelOrder { task_id: task.id, attempt, reason: "test cancel".into() };
+    pub async fn cancel(
+        &self,
+        worker: &WorkerId,
+        task: &TaskSpec,
+        attempt: u32,
+    ) -> anyhow::Result<()> {
+        let order = CancelOrder {
+            task_id: task.id,
+            attempt,
+            reason: "test cancel".into(),
+        };
         self.order(worker, WorkItem::Cancel(order)).await
     }
 
     /// The next report of `task` of the given kind (`started`, `finished`).
     pub async fn report(&mut self, task: &TaskSpec, kind: &str) -> anyhow::Result<Report> {
-        if let Some(r) = self.seen_reports.iter().find(|r| r.task_id == task.id && r.body.kind() == kind) {
+        if let Some(r) = self
+            .seen_reports
+            .iter()
+            .find(|r| r.task_id == task.id && r.body.kind() == kind)
+        {
             return Ok(r.clone());
         }
         let reports = &mut self.reports;
@@ -168,9 +235,17 @@ impl Fleet {
     }
 
     /// The Finished report of `task`: (outcome, exit code, reason).
-    pub async fn finished(&mut self, task: &TaskSpec) -> anyhow::Result<(Outcome, Option<i32>, String)> {
+    pub async fn finished(
+        &mut self,
+        task: &TaskSpec,
+    ) -> anyhow::Result<(Outcome, Option<i32>, String)> {
         match self.report(task, "finished").await?.body {
-            ReportBody::Finished { outcome, exit_code, reason, .. } => Ok((outcome, exit_code, reason.unwrap_or_default())),
+            ReportBody::Finished {
+                outcome,
+                exit_code,
+                reason,
+                ..
+            } => Ok((outcome, exit_code, reason.unwrap_or_default())),
             other => anyhow::bail!("not a finished report: {other:?}"),
         }
     }
@@ -181,8 +256,29 @@ pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => false,
         Ok(stat) => {
-            let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next().map(String::from));
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next().map(String::from));
             !matches!(state.as_deref(), Some("Z") | Some("X"))
         }
     }
+}
+
+/// The worker binary, built once per test binary.
+pub fn worker_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .args(["build", "-q", "-p", "colibri-worker", "--bins"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status();
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "building colibri-worker failed"
+            );
+            harness::workspace_bin("colibri-worker")
+        })
+        .clone()
 }

@@ -1,0 +1,151 @@
+//! Agents under real bubblewrap: they cannot write outside their work dir,
+//! cannot see the host's processes, and cannot reach the network when the
+//! policy says none; a grandchild cannot outlive a cancel.
+
+mod worker_support;
+
+use broker::messages::{NetworkPolicy, Outcome};
+use harness::eventually;
+use worker::config::{Confinement, KeepWorkdirs};
+use worker::WorkerConfig;
+use worker_support::{alive, command_task, fake_task, Fleet, LONG};
+
+/// True when bwrap can make namespaces here; prints why not otherwise.
+fn bwrap_works() -> bool {
+    let ok = std::process::Command::new("bwrap")
+        .args([
+            "--ro-bind",
+            "/",
+            "/",
+            "--unshare-pid",
+            "--unshare-net",
+            "--",
+            "true",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIPPED: bwrap cannot create namespaces on this machine (is /usr/bin/bwrap installed, and are user namespaces or root available?)");
+    }
+    ok
+}
+
+fn confined(cfg: &mut WorkerConfig) {
+    cfg.confinement = Confinement::Bwrap;
+    cfg.keep_workdirs = KeepWorkdirs::Always;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_cannot_write_outside_its_workdir() -> anyhow::Result<()> {
+    if !bwrap_works() {
+        return Ok(());
+    }
+    let mut fleet = Fleet::start().await?;
+    let w = fleet.worker("boxed", confined).await?;
+    // Outside: a host dir not under /tmp (the sandbox's /tmp is a fresh tmpfs).
+    let outside = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("escape-{}", uuid::Uuid::new_v4()));
+    let outside_arg = outside.display().to_string();
+    let task = fake_task(&["--write", &outside_arg]);
+    fleet.run(&w.id, &task, 1).await?;
+    let (outcome, code, reason) = fleet.finished(&task).await?;
+    assert_eq!((outcome, code), (Outcome::Failed, Some(3)), "{reason}");
+    assert!(!outside.exists(), "the agent wrote {}", outside.display());
+
+    let inside = fake_task(&["--write", "result.txt"]);
+    fleet.run(&w.id, &inside, 1).await?;
+    let (outcome, _, reason) = fleet.finished(&inside).await?;
+    assert_eq!(outcome, Outcome::Succeeded, "{reason}");
+    assert!(w.workdir(&inside, 1).join("result.txt").exists());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_cannot_see_host_processes() -> anyhow::Result<()> {
+    if !bwrap_works() {
+        return Ok(());
+    }
+    let mut fleet = Fleet::start().await?;
+    let w = fleet.worker("boxed", confined).await?;
+    let task = command_task(&["/bin/sh", "-c", "ls /proc > procs.txt"]);
+    fleet.run(&w.id, &task, 1).await?;
+    let (outcome, _, reason) = fleet.finished(&task).await?;
+    assert_eq!(outcome, Outcome::Succeeded, "{reason}");
+    let listing = std::fs::read_to_string(w.workdir(&task, 1).join("procs.txt"))?;
+    let pids: Vec<u32> = listing
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert!(
+        !pids.is_empty() && pids.len() <= 5,
+        "the agent sees {} processes: {pids:?}",
+        pids.len()
+    );
+    assert!(
+        !pids.contains(&std::process::id()),
+        "the agent sees the test process"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_cannot_reach_the_network_when_policy_is_none() -> anyhow::Result<()> {
+    if !bwrap_works() {
+        return Ok(());
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?.to_string();
+    let mut fleet = Fleet::start().await?;
+    let w = fleet.worker("boxed", confined).await?;
+    let task = fake_task(&["--connect", &addr]);
+    fleet.run(&w.id, &task, 1).await?;
+    let (outcome, code, reason) = fleet.finished(&task).await?;
+    assert_eq!((outcome, code), (Outcome::Failed, Some(4)), "{reason}");
+
+    // The same agent with a host-network task reaches the listener.
+    let mut open = fake_task(&["--connect", &addr]);
+    open.network = Some(NetworkPolicy::Host);
+    fleet.run(&w.id, &open, 1).await?;
+    let (outcome, _, reason) = fleet.finished(&open).await?;
+    assert_eq!(outcome, Outcome::Succeeded, "{reason}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_under_bwrap_leaves_nothing_behind() -> anyhow::Result<()> {
+    if !bwrap_works() {
+        return Ok(());
+    }
+    let mut fleet = Fleet::start().await?;
+    let w = fleet.worker("boxed", confined).await?;
+    let task = fake_task(&["--grandchildren", "3", "--ignore-term", "--hang"]);
+    fleet.run(&w.id, &task, 1).await?;
+    let started = fleet.report(&task, "started").await?;
+    let broker::messages::ReportBody::Started {
+        pid: Some(bwrap_pid),
+        ..
+    } = started.body
+    else {
+        anyhow::bail!("no pid in {started:?}");
+    };
+    // Host pids of everything under the sandbox.
+    let tree = worker::supervise::Tree {
+        pgid: bwrap_pid as i32,
+        marker: String::new(),
+    };
+    let pids = eventually(LONG, "agent and 3 grandchildren running", || {
+        let tree = tree.clone();
+        async move {
+            let procs = worker::supervise::procfs::snapshot();
+            let d = worker::supervise::procfs::descendants(&procs, tree.pgid);
+            (d.len() >= 5).then_some(d)
+        }
+    })
+    .await?;
+    fleet.cancel(&w.id, &task, 1).await?;
+    let (outcome, _, reason) = fleet.finished(&task).await?;
+    assert_eq!(outcome, Outcome::Cancelled, "{reason}");
+    let left: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "processes of the task remain: {left:?}");
+    Ok(())
+}
