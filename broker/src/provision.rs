@@ -205,7 +205,9 @@ pub fn scheduler_consumer_config() -> pull::Config {
         description: Some("scheduler: submissions and reports".to_string()),
         deliver_policy: DeliverPolicy::All,
         ack_policy: AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(30),
+        // A scheduler killed mid-batch has its unacknowledged messages
+        // redelivered to the next one this soon; every handler is idempotent.
+        ack_wait: Duration::from_secs(5),
         max_deliver: -1,
         max_ack_pending: 20_000,
         ..Default::default()

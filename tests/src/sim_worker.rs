@@ -158,16 +158,20 @@ impl SimWorker {
             at_ms: broker::time_ms::now_ms(),
             body,
         };
-        let publish = PublishMessage::build()
-            .payload(encode(&report))
-            .message_id(report.msg_id());
-        crate::within(Duration::from_secs(10), "report ack", async {
+        // Like a real worker: retried until acknowledged (the server may be restarting).
+        crate::eventually(Duration::from_secs(30), "report acknowledged", || async {
+            let publish = PublishMessage::build()
+                .payload(encode(&report))
+                .message_id(report.msg_id());
+            let subject = subjects::task_report(&run.task.id);
             self.js
-                .send_publish(subjects::task_report(&run.task.id), publish)
-                .await?
+                .send_publish(subject, publish)
                 .await
+                .ok()?
+                .await
+                .ok()
         })
-        .await??;
+        .await?;
         Ok(())
     }
 

@@ -107,6 +107,19 @@ enum Input {
     Tick,
 }
 
+impl Input {
+    fn name(&self) -> &'static str {
+        match self {
+            Input::Dispatched(_) => "dispatched",
+            Input::Command(_) => "command",
+            Input::Heartbeat(_) => "heartbeat",
+            Input::Intake(_) => "intake",
+            Input::CostMode(_) => "cost_mode",
+            Input::Tick => "tick",
+        }
+    }
+}
+
 /// What `status` needs from memory.
 #[derive(Debug, Clone)]
 pub struct FleetView {
@@ -182,6 +195,7 @@ pub async fn run(
             Some(entry) = mode_watch.next() => Input::CostMode(entry.ok().map(|e| e.value)),
             _ = tick.tick() => Input::Tick,
         };
+        tracing::trace!(input = input.name(), "turn");
         let to_ack = apply(&mut board, &mut core, input)?;
         out.send(std::mem::take(&mut core.outbox)).await;
         for (msg, ack) in to_ack {

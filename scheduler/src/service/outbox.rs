@@ -95,6 +95,7 @@ impl Sender {
                                 .message_id(&msg_id),
                         )
                         .await
+                        .inspect_err(|error| tracing::warn!(%error, worker = %worker, "order publish failed; will retry"))
                         .ok();
                     pending.push(Pending {
                         subject,
@@ -116,7 +117,10 @@ impl Sender {
             let mut done = Vec::new();
             for mut p in pending {
                 let acked = match p.ack.take() {
-                    Some(ack) => ack.await.is_ok(),
+                    Some(ack) => ack
+                        .await
+                        .inspect_err(|error| tracing::warn!(%error, msg_id = %p.msg_id, "order not acknowledged; retrying"))
+                        .is_ok(),
                     None => false,
                 };
                 let acked = acked || resend(&js, &p, &shutdown).await;
