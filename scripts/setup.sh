@@ -16,6 +16,7 @@ nats_version_ok() {
     # prints nothing; true when "$1" reports version >= 2.10
     v=$("$1" --version 2>/dev/null | sed -n 's/.*v\{0,1\}\([0-9][0-9]*\)\.\([0-9][0-9]*\)\.[0-9][0-9]*.*/\1 \2/p' | head -n 1)
     [ -n "$v" ] || return 1
+    # shellcheck disable=SC2086 # split "MAJOR MINOR" on purpose
     set -- $v
     [ "$1" -gt 2 ] || { [ "$1" -eq 2 ] && [ "$2" -ge 10 ]; }
 }

@@ -110,6 +110,7 @@ fn shell_files() -> Vec<PathBuf> {
     let mut files = Vec::new();
     walk(&repo().join("packaging"), &mut files);
     walk(&repo().join("scripts"), &mut files);
+    walk(&repo().join(".ci"), &mut files);
     files.sort();
     files
 }
@@ -143,11 +144,6 @@ fn every_shell_file_is_found_and_parses_with_sh_n() {
     }
 }
 
-/// Findings in files this test does not own, excluded by code for that file
-/// only. scripts/setup.sh splits `$v` on purpose (`set -- $v`); once it carries
-/// `# shellcheck disable=SC2086` on that line, drop the entry.
-const KNOWN_SHELLCHECK_FINDINGS: &[(&str, &str)] = &[("scripts/setup.sh", "SC2086")];
-
 #[test]
 fn every_shell_file_passes_shellcheck() {
     let Some(shellcheck) = which("shellcheck") else {
@@ -162,11 +158,6 @@ fn every_shell_file_passes_shellcheck() {
         let relative = file.strip_prefix(repo()).unwrap().display().to_string();
         let mut cmd = Command::new(&shellcheck);
         cmd.arg("--shell=sh");
-        for (path, code) in KNOWN_SHELLCHECK_FINDINGS {
-            if *path == relative {
-                cmd.arg(format!("--exclude={code}"));
-            }
-        }
         let out = run_bounded(cmd.arg(&file), DEADLINE);
         if !out.status.success() {
             failures.push(format!(

@@ -8,6 +8,7 @@ mod task_args;
 
 mod cancel;
 mod cost_mode;
+mod events;
 mod list;
 mod show;
 mod snapshot;
@@ -53,6 +54,8 @@ pub enum CliCommand {
     Snapshot(snapshot::SnapshotArgs),
     /// Set the fleet's cost mode (fast, smart, max).
     SetCostMode(cost_mode::SetCostModeArgs),
+    /// Task and worker lifecycle events, live.
+    Events(events::EventsArgs),
     /// Spawn an agent locally, confined as a task would be, and stream its output.
     SpawnLocal(spawn_local::SpawnLocalArgs),
 }
@@ -92,6 +95,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 CliCommand::Cancel(args) => cancel::run(&api, args).await,
                 CliCommand::Snapshot(args) => snapshot::run(&api, args).await,
                 CliCommand::SetCostMode(args) => cost_mode::run(&api, args).await,
+                CliCommand::Events(args) => events::run(&api, args).await,
                 CliCommand::SpawnLocal(_) => unreachable!("handled above"),
             }
         }
