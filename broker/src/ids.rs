@@ -66,6 +66,13 @@ impl WorkerId {
     }
 }
 
+/// Any valid name is a valid worker id (same rules).
+impl From<Tag> for WorkerId {
+    fn from(name: Tag) -> WorkerId {
+        WorkerId(name)
+    }
+}
+
 impl fmt::Display for WorkerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)

@@ -16,6 +16,7 @@
 
 pub mod connect;
 pub mod cost_mode;
+pub mod identity;
 pub mod ids;
 pub mod messages;
 pub mod provision;
