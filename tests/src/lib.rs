@@ -15,12 +15,14 @@ pub mod nats;
 pub mod scheduler;
 pub mod sim_worker;
 pub mod wait;
+pub mod worker;
 
 pub use board_client::BoardClient;
 pub use nats::NatsServer;
 pub use scheduler::{SchedulerHandle, SchedulerProcess};
 pub use sim_worker::SimWorker;
 pub use wait::{eventually, within, DEFAULT_DEADLINE};
+pub use worker::WorkerHandle;
 
 /// Installs a test logger once (RUST_LOG controls it; quiet by default).
 pub fn init_logging() {

@@ -1,0 +1,349 @@
+//! Routing benchmarks, printed as a table: `cargo bench -p colibri-tests --bench routing`.
+//!
+//! Every figure runs against a real nats-server on loopback (its own port and
+//! store), the real scheduler service and real workers, in this process
+//! unless said otherwise. The raw JetStream publish→consume hop is measured
+//! the same way first, as the ceiling.
+//!
+//! `COLIBRI_BENCH_QUICK=1` shrinks the counts (and skips the 1,000,000-task
+//! board) for a smoke run.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
+use broker::messages::{decode, encode, TaskEvent, TaskSpec, TaskState};
+use broker::{subjects, TagSet, TaskId};
+use futures::StreamExt;
+use harness::{NatsServer, SchedulerHandle, WorkerHandle};
+use worker::config::Confinement;
+
+struct Row {
+    what: String,
+    value: String,
+    target: String,
+}
+
+fn quick() -> bool {
+    std::env::var_os("COLIBRI_BENCH_QUICK").is_some()
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn command_task(argv: &[&str], caps: &[&str]) -> TaskSpec {
+    TaskSpec::command(
+        "bench",
+        TagSet::parse_lists(caps).unwrap_or_default(),
+        argv.iter().map(|s| s.to_string()).collect(),
+    )
+}
+
+async fn submit(
+    js: &jetstream::Context,
+    spec: &TaskSpec,
+) -> anyhow::Result<jetstream::context::PublishAckFuture> {
+    let publish = PublishMessage::build()
+        .payload(encode(spec))
+        .message_id(spec.id.to_string());
+    Ok(js
+        .send_publish(subjects::task_submit(&spec.id), publish)
+        .await?)
+}
+
+/// Raw JetStream: publish one message, receive it on a pull consumer, ack; one at a time.
+async fn raw_hop(nats: &NatsServer, n: usize) -> anyhow::Result<(Duration, Duration, f64)> {
+    let client = nats.client().await?;
+    let js = jetstream::new(client);
+    let stream = js
+        .create_stream(jetstream::stream::Config {
+            name: "BENCH_RAW".into(),
+            subjects: vec!["bench.raw".into()],
+            ..Default::default()
+        })
+        .await?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("raw".into()),
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        js.publish("bench.raw", "x".into()).await?.await?;
+        let msg = messages.next().await.context("stream ended")??;
+        lat.push(t0.elapsed());
+        msg.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    lat.sort();
+    // Throughput ceiling: pipelined publishes, one consumer.
+    let burst = n * 4;
+    let t0 = Instant::now();
+    let mut acks = Vec::with_capacity(burst);
+    for _ in 0..burst {
+        acks.push(
+            js.send_publish("bench.raw", PublishMessage::build().payload("x".into()))
+                .await?,
+        );
+    }
+    for a in acks {
+        a.await?;
+    }
+    for _ in 0..burst {
+        let msg = messages.next().await.context("stream ended")??;
+        msg.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let rate = burst as f64 / t0.elapsed().as_secs_f64();
+    Ok((pct(&lat, 0.5), pct(&lat, 0.99), rate))
+}
+
+/// Submit (JetStream publish acked) → the task's `running` event, one task at a time.
+async fn submit_to_start(
+    nats: &NatsServer,
+    n: usize,
+    confined: bool,
+) -> anyhow::Result<(Duration, Duration)> {
+    let dir = tempfile::tempdir()?;
+    let scheduler = SchedulerHandle::start(nats, &dir.path().join("b.db")).await?;
+    let worker = WorkerHandle::start(nats, "bench-lat", &["linux"], 4, |c| {
+        if confined {
+            c.confinement = Confinement::Bwrap;
+        }
+    })
+    .await?;
+    let client = nats.client().await?;
+    let js = jetstream::new(client.clone());
+    let mut events = client.subscribe(subjects::TASK_STATE_ALL).await?;
+    wait_online(&client, "bench-lat").await?;
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let spec = command_task(&["/bin/true"], &["linux"]);
+        let t0 = Instant::now();
+        submit(&js, &spec).await?.await?;
+        let mut started = None;
+        while let Some(msg) = tokio::time::timeout(Duration::from_secs(20), events.next()).await? {
+            let Ok(e) = decode::<TaskEvent>(&msg.payload) else {
+                continue;
+            };
+            if e.task_id == spec.id && e.state == TaskState::Running && started.is_none() {
+                started = Some(t0.elapsed());
+            }
+            if e.task_id == spec.id && e.state.is_terminal() {
+                break;
+            }
+        }
+        lat.push(started.context("no running event")?);
+    }
+    lat.sort();
+    worker.stop().await?;
+    scheduler.stop().await?;
+    Ok((pct(&lat, 0.5), pct(&lat, 0.99)))
+}
+
+async fn wait_online(client: &async_nats::Client, worker: &str) -> anyhow::Result<()> {
+    let board = harness::BoardClient::new(client.clone());
+    harness::eventually(Duration::from_secs(20), "bench worker online", || async {
+        board
+            .status()
+            .await
+            .ok()?
+            .workers
+            .iter()
+            .any(|w| w.worker.as_str() == worker && w.online)
+            .then_some(())
+    })
+    .await
+}
+
+/// A burst of `n` tasks, submitted pipelined; time until every terminal state is stored.
+async fn burst(nats: &NatsServer, n: usize, workers: usize, noop: bool) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let scheduler = SchedulerHandle::start(nats, &dir.path().join("b.db")).await?;
+    let client = nats.client().await?;
+    let mut handles = Vec::new();
+    for i in 0..workers {
+        let id = format!("burst-{i}");
+        handles.push(
+            WorkerHandle::start(nats, &id, &["linux"], 64, |c| {
+                if noop {
+                    c.executor = worker::ExecutorKind::Noop;
+                }
+            })
+            .await?,
+        );
+        wait_online(&client, &id).await?;
+    }
+    let js = jetstream::new(client.clone());
+    let mut events = client.subscribe(subjects::TASK_STATE_ALL).await?;
+    let specs: Vec<TaskSpec> = (0..n)
+        .map(|_| command_task(&["/bin/true"], &["linux"]))
+        .collect();
+    let mut pending: HashSet<TaskId> = specs.iter().map(|s| s.id).collect();
+    let t0 = Instant::now();
+    let mut acks = Vec::with_capacity(n);
+    for s in &specs {
+        acks.push(submit(&js, s).await?);
+    }
+    for a in acks {
+        a.await?;
+    }
+    while !pending.is_empty() {
+        let msg = tokio::time::timeout(Duration::from_secs(60), events.next())
+            .await
+            .with_context(|| format!("{} tasks never ended", pending.len()))?
+            .context("events ended")?;
+        if let Ok(e) = decode::<TaskEvent>(&msg.payload) {
+            if e.state.is_terminal() {
+                anyhow::ensure!(
+                    e.state == TaskState::Succeeded,
+                    "task {} ended {}: {:?}",
+                    e.task_id,
+                    e.state,
+                    e.reason
+                );
+                pending.remove(&e.task_id);
+            }
+        }
+    }
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    for h in handles {
+        h.stop().await?;
+    }
+    scheduler.stop().await?;
+    Ok(rate)
+}
+
+/// RSS of an idle `colibri-worker` process after it has settled.
+async fn idle_worker_rss(nats: &NatsServer) -> anyhow::Result<u64> {
+    let state = tempfile::tempdir()?;
+    let mut child = tokio::process::Command::new(harness::workspace_bin("colibri-worker"))
+        .args([
+            "--worker-id",
+            "idle",
+            "--capabilities",
+            "linux",
+            "--slots",
+            "2",
+            "--state-dir",
+        ])
+        .arg(state.path())
+        .args(["--nats-url", &nats.url()])
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawn colibri-worker (cargo build --release --bins first)")?;
+    let pid = child.id().context("pid")?;
+    let client = nats.client().await?;
+    let mut presence = client.subscribe(subjects::PRESENCE_ALL).await?;
+    // Settled: three heartbeats seen.
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_secs(10), presence.next()).await?;
+    }
+    let rss = rss_kib(pid).context("read rss")?;
+    child.kill().await.ok();
+    Ok(rss)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let q = quick();
+    let nats = NatsServer::start()?;
+    let mut rows = Vec::new();
+    let mut push = |what: &str, value: String, target: &str| {
+        println!("  {what}: {value}");
+        rows.push(Row {
+            what: what.into(),
+            value,
+            target: target.into(),
+        });
+    };
+
+    let (p50, p99, rate) = raw_hop(&nats, if q { 200 } else { 2000 }).await?;
+    push(
+        "raw JetStream publish→consume hop p50 / p99",
+        format!("{} / {}", ms(p50), ms(p99)),
+        "ceiling",
+    );
+    push(
+        "raw JetStream pipelined publish+consume",
+        format!("{rate:.0} msg/s"),
+        "ceiling",
+    );
+
+    let n = if q { 50 } else { 300 };
+    let (p50, p99) = submit_to_start(&nats, n, false).await?;
+    push(
+        "submit→start /bin/true, unconfined, p50 / p99",
+        format!("{} / {}", ms(p50), ms(p99)),
+        "≤ 1.5 / ≤ 5 ms",
+    );
+    if std::path::Path::new("/usr/bin/bwrap").exists() {
+        let (p50, p99) = submit_to_start(&nats, n, true).await?;
+        push(
+            "submit→start /bin/true, bwrap, p50 / p99",
+            format!("{} / {}", ms(p50), ms(p99)),
+            "p50 ≤ 4.5 ms",
+        );
+    }
+
+    let n = if q { 200 } else { 2000 };
+    for workers in [1, 3] {
+        let rate = burst(&nats, n, workers, false).await?;
+        push(
+            &format!("burst {n} × /bin/true, {workers} worker(s), submit→terminal"),
+            format!("{rate:.0} tasks/s"),
+            "≥ 1650/s",
+        );
+    }
+    let n = if q { 1000 } else { 20000 };
+    let rate = burst(&nats, n, 1, true).await?;
+    push(
+        &format!("placement+dispatch, {n} tasks, noop executor"),
+        format!("{rate:.0} tasks/s"),
+        "≥ 20000/s",
+    );
+
+    match idle_worker_rss(&nats).await {
+        Ok(kib) => push(
+            "idle colibri-worker RSS",
+            format!("{:.1} MB", kib as f64 / 1024.0),
+            "≤ 20 MB",
+        ),
+        Err(e) => push(
+            "idle colibri-worker RSS",
+            format!("not measured: {e:#}"),
+            "≤ 20 MB",
+        ),
+    }
+
+    println!();
+    println!("| measurement | result | target |");
+    println!("|---|---|---|");
+    for r in &rows {
+        println!("| {} | {} | {} |", r.what, r.value, r.target);
+    }
+    Ok(())
+}
