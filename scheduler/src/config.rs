@@ -36,6 +36,8 @@ pub struct StreamsFile {
 #[serde(deny_unknown_fields)]
 pub struct SchedulerFile {
     pub db: Option<PathBuf>,
+    /// Hosts registry written by `colibri admin` (see `--hosts`).
+    pub hosts: Option<PathBuf>,
     #[serde(default)]
     pub nats: NatsFile,
     #[serde(default)]
@@ -64,6 +66,10 @@ pub struct SchedulerArgs {
     /// Log file (reopened on SIGHUP); stderr when absent.
     #[arg(long = "log-file", env = "COLIBRI_LOG_FILE", global = true)]
     pub log_file: Option<PathBuf>,
+    /// Hosts registry (`hosts.json` from `colibri admin`): heartbeats from a
+    /// host not in it, or advertising tags it may not, are refused.
+    #[arg(long, env = "COLIBRI_HOSTS", global = true)]
+    pub hosts: Option<PathBuf>,
     /// Stream replicas (1 single server, 3 cluster).
     #[arg(long, env = "COLIBRI_REPLICAS", global = true)]
     pub replicas: Option<usize>,
@@ -78,6 +84,7 @@ pub struct SchedulerConfig {
     pub connect: ConnectArgs,
     pub log: LogConfig,
     pub provision: ProvisionConfig,
+    pub hosts: Option<broker::identity::Registry>,
 }
 
 /// Every problem found, each naming its field.
@@ -141,6 +148,16 @@ impl SchedulerConfig {
                 "streams.replicas: {replicas} must be between 1 and 5"
             ));
         }
+        let hosts = match args.hosts.clone().or(file.hosts.clone()) {
+            Some(path) => match broker::identity::Registry::load(&path) {
+                Ok(reg) => Some(reg),
+                Err(e) => {
+                    problems.push(format!("hosts: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -152,6 +169,7 @@ impl SchedulerConfig {
                 replicas,
                 ..ProvisionConfig::default()
             },
+            hosts,
         })
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod board;
+pub mod claims;
 pub mod cli;
 pub mod config;
 pub mod fleet;

@@ -75,6 +75,7 @@ async fn serve(config: SchedulerConfig) -> anyhow::Result<()> {
         .await?;
     let mut svc = ServiceConfig::new(config.db.clone());
     svc.provision = config.provision.clone();
+    svc.hosts = config.hosts.clone();
     service::run(client, svc, shutdown).await?;
     daemon::notify_stopping();
     Ok(())

@@ -6,6 +6,7 @@ mod client;
 mod render;
 mod task_args;
 
+mod admin;
 mod cancel;
 mod cost_mode;
 mod events;
@@ -58,6 +59,8 @@ pub enum CliCommand {
     Events(events::EventsArgs),
     /// Spawn an agent locally, confined as a task would be, and stream its output.
     SpawnLocal(spawn_local::SpawnLocalArgs),
+    /// Identities: add a host or user, print the server's authorization block.
+    Admin(admin::AdminArgs),
 }
 
 /// A failure of a CLI call, by class.
@@ -84,6 +87,7 @@ impl CliError {
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         CliCommand::SpawnLocal(args) => spawn_local::run(args, &cli.connect),
+        CliCommand::Admin(args) => admin::run(args),
         command => {
             let api = ApiClient::connect(&cli.connect).await?;
             match command {
@@ -96,7 +100,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 CliCommand::Snapshot(args) => snapshot::run(&api, args).await,
                 CliCommand::SetCostMode(args) => cost_mode::run(&api, args).await,
                 CliCommand::Events(args) => events::run(&api, args).await,
-                CliCommand::SpawnLocal(_) => unreachable!("handled above"),
+                CliCommand::SpawnLocal(_) | CliCommand::Admin(_) => {
+                    unreachable!("handled above")
+                }
             }
         }
     }

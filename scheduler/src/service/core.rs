@@ -57,6 +57,9 @@ pub struct Core {
     fenced: HashSet<(TaskId, u32)>,
     /// Something changed that may let a queued task be placed.
     dirty: bool,
+    /// Hosts and the tags each may advertise; claims are not checked
+    /// against identities when absent (see [`crate::claims`]).
+    pub hosts: Option<broker::identity::Registry>,
 }
 
 impl Core {
@@ -69,6 +72,20 @@ impl Core {
             counters: BTreeMap::new(),
             fenced: HashSet::new(),
             dirty: true,
+            hosts: None,
+        }
+    }
+
+    /// Whether a heartbeat received on `subject` is believed; a refused one
+    /// is logged and counted, and changes nothing.
+    pub fn admit_heartbeat(&mut self, subject: &str, beat: &Heartbeat) -> bool {
+        match crate::claims::check_heartbeat(subject, beat, self.hosts.as_ref()) {
+            Ok(()) => true,
+            Err(error) => {
+                self.count(error.counter());
+                tracing::warn!(worker = %beat.worker, subject, %error, "heartbeat refused");
+                false
+            }
         }
     }
 
@@ -272,6 +289,18 @@ impl Core {
             .filter(|a| a.attempt == report.attempt && a.worker.as_ref() == Some(&report.worker))
             .cloned();
         let Some(a) = current else {
+            let other_worker = self.tasks.get(&id).is_some_and(|a| {
+                a.attempt == report.attempt
+                    && a.worker.as_ref().is_some_and(|w| *w != report.worker)
+            });
+            if other_worker {
+                // The attempt is placed on another worker: this report's
+                // sender is not who it claims, or is badly confused. It is
+                // not fenced (the named worker never ran this attempt).
+                self.count("reports_worker_mismatch");
+                tracing::warn!(task_id = %id, attempt = report.attempt, worker = %report.worker, kind = report.body.kind(), "report names a worker the attempt is not placed on; ignored");
+                return Ok(());
+            }
             self.count("stale_reports");
             tracing::debug!(task_id = %id, attempt = report.attempt, worker = %report.worker, kind = report.body.kind(), "stale report ignored");
             if !matches!(report.body, ReportBody::Finished { .. }) {

@@ -39,6 +39,8 @@ pub struct ServiceConfig {
     pub tick: Duration,
     /// Silence after which a worker is offline.
     pub offline_after: Duration,
+    /// Hosts registry (`--hosts`): heartbeats are checked against it.
+    pub hosts: Option<broker::identity::Registry>,
 }
 
 impl ServiceConfig {
@@ -48,6 +50,7 @@ impl ServiceConfig {
             provision: ProvisionConfig::default(),
             tick: Duration::from_millis(250),
             offline_after: Duration::from_millis(broker::messages::presence::OFFLINE_AFTER_MS),
+            hosts: None,
         }
     }
 }
@@ -146,6 +149,7 @@ pub async fn run(
     let kv = provision::config_bucket(&js, &config.provision).await?;
     let cost_mode = read_cost_mode(&kv).await;
     let mut core = Core::new(tasks, Fleet::new(config.offline_after), cost_mode);
+    core.hosts = config.hosts.clone();
     core.redispatch_pending();
 
     let consumer = provision::durable_consumer(
@@ -225,7 +229,10 @@ fn apply(
         Input::Dispatched(done) => core.dispatched(&tx, &done)?,
         Input::Command(cmd) => handle_command(core, &tx, cmd, now_ms)?,
         Input::Heartbeat(msg) => match decode::<Heartbeat>(&msg.payload) {
-            Ok(beat) => core.heartbeat(&tx, beat, Instant::now(), now_ms)?,
+            Ok(beat) if core.admit_heartbeat(&msg.subject, &beat) => {
+                core.heartbeat(&tx, beat, Instant::now(), now_ms)?
+            }
+            Ok(_) => {}
             Err(error) => {
                 core.count("malformed_heartbeats");
                 tracing::warn!(subject = %msg.subject, %error, "malformed heartbeat dropped");
