@@ -13,7 +13,9 @@ use async_nats::jetstream::{self, AckKind, Message};
 use broker::messages::{
     decode, AttemptRef, CancelOrder, ReportBody, RunOrder, WorkItem, WorkMessage,
 };
-use broker::provision::{provision_all, ProvisionConfig};
+use broker::provision::{
+    provision_all, ProvisionConfig, CONFIG_BUCKET, INTAKE_STREAM, SESSIONS_STREAM, WORK_STREAM,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -88,6 +90,11 @@ async fn provision(
 ) -> Result<(), WorkerError> {
     let mut delay = Duration::from_millis(200);
     loop {
+        // A least-privilege host may not create or change streams: when the
+        // hub has provisioned them already, there is nothing to do here.
+        if provisioned(js).await {
+            return Ok(());
+        }
         match provision_all(js, &ProvisionConfig::default()).await {
             Ok(()) => return Ok(()),
             Err(e) if shutdown.is_cancelled() => return Err(e.into()),
@@ -101,6 +108,18 @@ async fn provision(
             }
         }
     }
+}
+
+/// Whether every stream this worker uses exists (stream info is all a
+/// least-privilege worker identity may ask of the JetStream API here).
+async fn provisioned(js: &jetstream::Context) -> bool {
+    let config = format!("KV_{CONFIG_BUCKET}");
+    for stream in [WORK_STREAM, INTAKE_STREAM, SESSIONS_STREAM, config.as_str()] {
+        if js.get_stream(stream).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// A bounded set of recently seen attempts.
