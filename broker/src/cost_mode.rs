@@ -28,6 +28,9 @@ pub struct ModeLimits {
     pub session_bytes: u64,
     /// Uncompacted turns before compaction.
     pub uncompacted_turns: u32,
+    /// Newest turns kept verbatim when the turn limit forces a compaction
+    /// (half the limit, so a compaction is not needed again at once).
+    pub kept_turns: u32,
     /// Whether tool results are compacted (head + tail + size + sha256) on append.
     pub compact_tool_results: bool,
     /// Bytes kept of a tool result when compacting it (head and tail together).
@@ -49,6 +52,7 @@ impl CostMode {
             CostMode::Fast => ModeLimits {
                 session_bytes: 500_000,
                 uncompacted_turns: 5,
+                kept_turns: 2,
                 compact_tool_results: true,
                 tool_result_keep_bytes: 4_096,
                 prompt_budget_tokens: 8_000,
@@ -58,6 +62,7 @@ impl CostMode {
             CostMode::Smart => ModeLimits {
                 session_bytes: 2_000_000,
                 uncompacted_turns: 20,
+                kept_turns: 10,
                 compact_tool_results: true,
                 tool_result_keep_bytes: 16_384,
                 prompt_budget_tokens: 32_000,
@@ -67,6 +72,7 @@ impl CostMode {
             CostMode::Max => ModeLimits {
                 session_bytes: 8_000_000,
                 uncompacted_turns: 80,
+                kept_turns: 40,
                 compact_tool_results: false,
                 tool_result_keep_bytes: 65_536,
                 prompt_budget_tokens: 128_000,

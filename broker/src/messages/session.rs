@@ -13,6 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cost_mode::CostMode;
 use crate::ids::{SessionId, TaskId, WorkerId};
 use crate::messages::report::Usage;
 
@@ -194,9 +195,61 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// The worker compacted the session's transcript under its cost mode:
+    /// older turns were replaced by this one entry, which records what was
+    /// removed (it subsumes any earlier summary of the same segment).
+    Summary(Box<Summary>),
+    /// The transcript continues in a new segment file
+    /// (`<session>.<index>.jsonl`); the first entry of every later segment.
+    Segment {
+        index: u32,
+        /// File name of the previous segment, in the same directory.
+        previous: String,
+        reason: String,
+    },
+    /// The session's cost mode went one step looser because compaction
+    /// could not bring it under its limits.
+    Escalation {
+        from: CostMode,
+        to: CostMode,
+        /// The operator's ceiling, beyond which no escalation goes.
+        ceiling: CostMode,
+        reason: String,
+    },
     /// A kind this build does not know (from a newer writer).
     #[serde(other)]
     Unknown,
+}
+
+/// What a cost-mode compaction removed from a transcript segment.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Summary {
+    /// The mode in force when it was compacted.
+    pub mode: CostMode,
+    /// Why (`6 uncompacted turns > 5`, `512000 bytes > 500000`, ...).
+    pub reason: String,
+    /// Turns, events and transcript bytes removed (all compactions so far).
+    pub turns: u64,
+    pub events: u64,
+    pub bytes: u64,
+    /// `seq` range of the removed events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<u64>,
+    /// Tools used in the removed turns, with their call counts.
+    #[serde(default)]
+    pub tools: std::collections::BTreeMap<String, u64>,
+    /// Files named in the removed tool calls' arguments (where known).
+    #[serde(default)]
+    pub files: Vec<String>,
+    /// Tokens reported by the removed turns' usage events.
+    #[serde(default)]
+    pub tokens: u64,
+    /// The removed assistant messages' last words, trimmed: a reader's (and
+    /// a continued prompt's) memory of what happened.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub digest: String,
 }
 
 impl Event {
@@ -215,6 +268,9 @@ impl Event {
             Event::Dropped { .. } => "dropped",
             Event::Truncated { .. } => "truncated",
             Event::End { .. } => "end",
+            Event::Summary(_) => "summary",
+            Event::Segment { .. } => "segment",
+            Event::Escalation { .. } => "escalation",
             Event::Unknown => "unknown",
         }
     }
