@@ -40,6 +40,7 @@
 //! - [`line_reader`]: bounded, lossy, LF-only line reader;
 //! - [`parser`]: the [`Parser`] trait, [`AgentFormat`], limits, verdicts;
 //! - [`pi`], [`claude`], [`codex`], [`text`]: one normaliser per format;
+//! - [`guard`]: the append guard, the worker's cost-mode seam;
 //! - [`pump`]: the session loop, pane state machine, live state, verdict;
 //! - [`publish`]: bounded, non-blocking publishing to NATS;
 //! - [`transcript`]: the durable JSONL transcript and its flood policy;
@@ -52,6 +53,7 @@
 
 pub mod claude;
 pub mod codex;
+pub mod guard;
 pub mod line_reader;
 pub mod parser;
 pub mod pi;
@@ -65,11 +67,13 @@ pub mod watch;
 mod testing;
 
 pub use broker::messages::session::{Event, Pane, SessionEvent};
+pub use guard::{AppendGuard, GuardAction, NoGuard};
 pub use line_reader::{Line, LineReader};
 pub use parser::{AgentExit, AgentFormat, Limits, Parser, Verdict};
 pub use publish::SessionPublisher;
 pub use pump::{
-    run_session, verdict, AgentEnding, LiveState, PumpConfig, SessionMeta, SessionSummary,
+    run_session, run_session_with, verdict, AgentEnding, LiveState, PumpConfig, SessionMeta,
+    SessionSummary,
 };
 pub use transcript::{Transcript, TranscriptConfig};
 pub use watch::{follow, FollowError};

@@ -23,6 +23,7 @@ use tokio::io::AsyncRead;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::guard::{AppendGuard, GuardAction, NoGuard};
 use crate::line_reader::{LineReader, DEFAULT_MAX_LINE};
 use crate::parser::{raw, AgentExit, AgentFormat, Limits, Verdict};
 use crate::publish::{Outgoing, PublishStats, SessionPublisher};
@@ -170,8 +171,43 @@ where
     E: AsyncRead + Unpin,
     X: Future<Output = AgentEnding>,
 {
+    run_session_with(
+        stdout,
+        stderr,
+        exit,
+        meta,
+        format,
+        config,
+        publisher,
+        transcript,
+        live,
+        Box::new(NoGuard),
+    )
+    .await
+}
+
+/// [`run_session`] with an [`AppendGuard`] that sees every recorded event
+/// (the worker's cost-mode enforcement).
+#[allow(clippy::too_many_arguments)]
+pub async fn run_session_with<O, E, X>(
+    stdout: O,
+    stderr: E,
+    exit: X,
+    meta: SessionMeta,
+    format: AgentFormat,
+    config: PumpConfig,
+    publisher: SessionPublisher,
+    transcript: Option<Transcript>,
+    live: watch::Sender<LiveState>,
+    guard: Box<dyn AppendGuard>,
+) -> SessionSummary
+where
+    O: AsyncRead + Unpin,
+    E: AsyncRead + Unpin,
+    X: Future<Output = AgentEnding>,
+{
     let mut parser = format.parser(config.limits);
-    let mut em = Emitter::new(meta, publisher, transcript, live);
+    let mut em = Emitter::new(meta, publisher, transcript, live, guard);
     em.pane(Pane::Starting, None);
 
     let mut out_r = LineReader::with_limit(stdout, config.max_line);
@@ -279,6 +315,9 @@ struct Emitter {
     dropped_pending: u64,
     dropped_total: u64,
     buf: Vec<u8>,
+    guard: Box<dyn AppendGuard>,
+    /// The guard's actions not yet carried out, in order.
+    guard_actions: std::collections::VecDeque<GuardAction>,
 }
 
 /// What is left of an [`Emitter`] once the session is closed.
@@ -296,6 +335,7 @@ impl Emitter {
         publisher: SessionPublisher,
         transcript: Option<Transcript>,
         live: watch::Sender<LiveState>,
+        guard: Box<dyn AppendGuard>,
     ) -> Self {
         let subject_prefix = broker::subjects::session(&meta.session, "");
         Emitter {
@@ -310,6 +350,27 @@ impl Emitter {
             dropped_pending: 0,
             dropped_total: 0,
             buf: Vec::with_capacity(1024),
+            guard,
+            guard_actions: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Carries out the guard's pending actions (emitting may add more).
+    fn run_guard_actions(&mut self) {
+        while let Some(action) = self.guard_actions.pop_front() {
+            match action {
+                GuardAction::Emit(event) => self.emit(event),
+                GuardAction::Rewrite(bytes) => {
+                    if let Some(t) = self.transcript.as_mut() {
+                        t.rewrite(&bytes);
+                    }
+                }
+                GuardAction::SwitchTo(path) => {
+                    if let Some(t) = self.transcript.as_mut() {
+                        t.switch_to(path);
+                    }
+                }
+            }
         }
     }
 
@@ -343,6 +404,7 @@ impl Emitter {
             self.dropped_pending += 1;
             self.dropped_total += 1;
         }
+        self.run_guard_actions();
     }
 
     async fn emit_wait(&mut self, event: Event, deadline: Instant) {
@@ -351,11 +413,13 @@ impl Emitter {
         if !matches!(sent, Ok(Ok(()))) {
             self.dropped_total += 1;
         }
+        self.run_guard_actions();
     }
 
     /// Numbers and encodes `event`, writes it to the transcript, updates
     /// the live state; returns it ready to publish.
-    fn record(&mut self, event: Event) -> Outgoing {
+    fn record(&mut self, mut event: Event) -> Outgoing {
+        self.guard.before_append(&mut event);
         self.seq += 1;
         let at_ms = broker::time_ms::now_ms();
         self.buf.clear();
@@ -375,6 +439,8 @@ impl Emitter {
         if let Some(t) = self.transcript.as_mut() {
             t.append(&event, &self.buf);
         }
+        let actions = self.guard.after_append(self.seq, &event, &self.buf);
+        self.guard_actions.extend(actions);
         let payload = bytes::Bytes::copy_from_slice(&self.buf[..self.buf.len() - 1]);
         let kind = event.kind();
         self.update_live(&event, at_ms);

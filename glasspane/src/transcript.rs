@@ -190,6 +190,65 @@ impl Transcript {
         self.maybe_sync();
     }
 
+    /// Replaces the file's contents with `content` (a compaction): written
+    /// to a temporary file beside it, synced, renamed over it, reopened for
+    /// appending. A crash leaves either the old or the new contents. An
+    /// error disables the transcript like a write error.
+    pub fn rewrite(&mut self, content: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        let tmp = self.path.with_extension("jsonl.tmp");
+        let res = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(content)?;
+            f.sync_data()?;
+            std::fs::rename(&tmp, &self.path)?;
+            OpenOptions::new().append(true).open(&self.path)
+        })();
+        match res {
+            Ok(file) => {
+                self.file = file;
+                self.bytes = content.len() as u64;
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "transcript rewrite failed; transcript disabled for this session");
+                let _ = std::fs::remove_file(&tmp);
+                self.error = Some(e.to_string());
+            }
+        }
+    }
+
+    /// Continues in `path` (a new segment), created empty.
+    pub fn switch_to(&mut self, path: PathBuf) {
+        if self.error.is_some() {
+            return;
+        }
+        let res = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .and_then(|f| {
+                drop(f);
+                OpenOptions::new().append(true).open(&path)
+            });
+        match res {
+            Ok(file) => {
+                if let Err(e) = self.file.sync_data() {
+                    tracing::warn!(path = %self.path.display(), error = %e, "syncing the previous segment failed");
+                }
+                self.file = file;
+                self.path = path;
+                self.bytes = 0;
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "opening the next transcript segment failed; transcript disabled for this session");
+                self.error = Some(e.to_string());
+            }
+        }
+    }
+
     /// Starts a background `fdatasync` when the last one is old and done.
     fn maybe_sync(&mut self) {
         if self.last_sync.elapsed() < self.cfg.sync_every {
@@ -279,5 +338,28 @@ mod tests {
         assert_eq!(text.lines().count(), 4);
         assert!(text.ends_with("L\nE\n"));
         assert_eq!(stats.error, None);
+    }
+
+    #[tokio::test]
+    async fn rewrite_and_switch_keep_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let session = SessionId::new();
+        let mut t = Transcript::create(dir.path(), &session, Default::default()).unwrap();
+        t.append(&msg(), b"a\n");
+        t.append(&msg(), b"b\n");
+        t.rewrite(b"S\n");
+        t.append(&msg(), b"c\n");
+        let first = transcript_path(dir.path(), &session);
+        assert_eq!(std::fs::read_to_string(&first).unwrap(), "S\nc\n");
+        let next = dir.path().join("sessions").join("next.jsonl");
+        t.switch_to(next.clone());
+        t.append(&msg(), b"d\n");
+        let stats = t.finish().await;
+        assert_eq!(
+            (stats.path, stats.bytes, stats.error),
+            (next.clone(), 2, None)
+        );
+        assert_eq!(std::fs::read_to_string(&first).unwrap(), "S\nc\n");
+        assert_eq!(std::fs::read_to_string(&next).unwrap(), "d\n");
     }
 }
