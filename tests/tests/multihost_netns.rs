@@ -56,10 +56,10 @@ impl Net {
         format!("c{}{}", &host[..2], self.suffix)
     }
 
-    /// Builds osa with a bridge and one veth per host; `None` (with the
+    /// Builds osa with a bridge and one veth per host; `Err` (with the
     /// reason) where namespaces are not available.
     fn build(hosts: &[(&str, &str)]) -> Result<Net, String> {
-        // SAFETY-free root check: uid from /proc.
+        // Root check: the real uid, from /proc.
         let uid = std::fs::read_to_string("/proc/self/status")
             .ok()
             .and_then(|s| {
