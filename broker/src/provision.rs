@@ -32,6 +32,10 @@ pub const SESSIONS_STREAM: &str = "COLIBRI_SESSIONS";
 pub const CONFIG_BUCKET: &str = "colibri-config";
 /// Key of the fleet's cost mode in [`CONFIG_BUCKET`].
 pub const COST_MODE_KEY: &str = "cost-mode";
+/// Key of the operator's escalation ceiling (`fast`, `smart` or `max`;
+/// absent means `max`) in [`CONFIG_BUCKET`]: no session's cost mode
+/// escalates past it.
+pub const COST_CEILING_KEY: &str = "cost-ceiling";
 /// Durable consumer through which the scheduler reads the intake.
 pub const SCHEDULER_CONSUMER: &str = "scheduler";
 
