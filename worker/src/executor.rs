@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::config::{Confinement, WorkerConfig};
 use crate::confine::{self, Sandbox};
+use crate::session_output::SessionOutput;
 use crate::supervise::{
     AttemptLimits, Ending, OutputMode, SpawnSpec, StopRx, Supervised, MARKER_VAR,
 };
@@ -35,6 +36,8 @@ pub enum ExecutorKind {
 #[derive(Debug, Clone)]
 pub struct Executor {
     config: Arc<WorkerConfig>,
+    /// Where agents' piped output goes (none: output is not read).
+    sessions: Option<SessionOutput>,
 }
 
 /// An attempt that has started.
@@ -59,8 +62,18 @@ impl Begun {
 }
 
 impl Executor {
+    /// An executor that does not read its agents' output (`spawn-local`).
     pub fn new(config: Arc<WorkerConfig>) -> Executor {
-        Executor { config }
+        Executor {
+            config,
+            sessions: None,
+        }
+    }
+
+    /// Reads every agent's output as a glasspane session through `sessions`.
+    pub fn with_sessions(mut self, sessions: SessionOutput) -> Executor {
+        self.sessions = Some(sessions);
+        self
     }
 
     /// Starts `order`, or says how it ended without running.
@@ -146,7 +159,11 @@ impl Executor {
                 ));
             }
         };
-        let Some(agent) = Supervised::new(child, marker, cleanup) else {
+        let plan = self
+            .sessions
+            .as_ref()
+            .map(|s| s.plan(order, invocation.agent.as_str()));
+        let Some(agent) = Supervised::new(child, marker, cleanup, plan) else {
             return Err(Ending::without_run(
                 Outcome::SpawnFailed,
                 "the agent exited before it could be supervised",
@@ -176,7 +193,8 @@ impl Executor {
                 exit_code: Some(0),
                 signal: None,
                 reason: None,
-                output: Default::default(),
+                usage: None,
+                session: None,
             },
             Begun::Agent {
                 agent,

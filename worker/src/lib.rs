@@ -6,7 +6,9 @@
 //! - [`profiles`]: agent profiles (pi, claude, codex, command) and their argv;
 //! - [`confine`]: bubblewrap, FreeBSD jail or unconfined launch argv;
 //! - [`supervise`]: spawn with retries, limits, and killing a whole tree;
-//! - [`session_output`]: the seam where an agent's output is read;
+//! - [`session_output`]: each agent's output as a glasspane session (live
+//!   events, transcript, verdict); [`progress`]: its live state as
+//!   coalesced `progress` reports;
 //! - [`executor`]: what runs an order (real agents, or the bench no-op);
 //! - [`reports`] and [`presence`]: at-least-once reports and heartbeats;
 //! - [`orders`]: the durable order feed; [`runner`]: the daemon's main loop.
@@ -20,6 +22,7 @@ pub mod executor;
 pub mod orders;
 pub mod presence;
 pub mod profiles;
+pub mod progress;
 pub mod reports;
 pub mod runner;
 pub mod secret;

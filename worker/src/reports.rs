@@ -93,4 +93,26 @@ impl Reporter {
                 seq = ack.sequence, duplicate = ack.duplicate, "report stored");
         }
     }
+
+    /// Publishes `report` once, waiting at most `limit` for the stream's
+    /// acknowledgement: for `progress` reports, which the next one
+    /// supersedes, so a lost one is not worth a retry (and a retry could
+    /// land after the attempt's `finished`).
+    pub async fn publish_once(&self, report: &Report, limit: Duration) -> Result<(), String> {
+        let subject = subjects::task_report(&report.task_id);
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", report.msg_id().as_str());
+        let sent = async {
+            let ack = self
+                .js
+                .publish_with_headers(subject, headers, encode(report))
+                .await
+                .map_err(|e| e.to_string())?;
+            ack.await.map(|_| ()).map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(limit, sent).await {
+            Ok(result) => result,
+            Err(_) => Err(TryError::Timeout(limit).to_string()),
+        }
+    }
 }

@@ -26,6 +26,7 @@ use crate::error::WorkerError;
 use crate::executor::Executor;
 use crate::presence::Presence;
 use crate::reports::Reporter;
+use crate::session_output::SessionOutput;
 use crate::supervise::{Ending, StopCause};
 
 /// Orders remembered to drop duplicates; the oldest are forgotten first.
@@ -63,10 +64,17 @@ pub async fn run(
         agents = %config.agents.enabled().joined(), tags = %config.capabilities.joined(), "worker ready");
 
     let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let reporter = Reporter::new(js, config.worker_id.clone(), incarnation);
+    let sessions = SessionOutput::new(
+        client.clone(),
+        reporter.clone(),
+        config.worker_id.clone(),
+        config.state_dir.clone(),
+    );
     let mut state = State {
         presence: Presence::new(&config, incarnation),
-        reporter: Reporter::new(js, config.worker_id.clone(), incarnation),
-        executor: Executor::new(config.clone()),
+        reporter,
+        executor: Executor::new(config.clone()).with_sessions(sessions),
         client,
         config,
         running: HashMap::new(),
@@ -322,14 +330,18 @@ impl State {
 }
 
 async fn finish(reporter: &Reporter, key: AttemptRef, ending: Ending) {
+    let (events, dropped) = ending
+        .session
+        .as_ref()
+        .map_or((0, 0), |s| (s.events, s.dropped));
     info!(task_id = %key.task_id, attempt = key.attempt, outcome = ?ending.outcome, exit_code = ?ending.exit_code,
-        signal = ?ending.signal, reason = ending.reason.as_deref().unwrap_or(""), "attempt finished");
+        signal = ?ending.signal, reason = ending.reason.as_deref().unwrap_or(""), events, dropped, "attempt finished");
     let body = ReportBody::Finished {
         outcome: ending.outcome,
         exit_code: ending.exit_code,
         signal: ending.signal,
         reason: ending.reason,
-        usage: ending.output.usage,
+        usage: ending.usage,
     };
     reporter
         .publish(&reporter.report(key.task_id, key.attempt, body))

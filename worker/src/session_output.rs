@@ -1,161 +1,272 @@
-//! THE SEAM where an agent's output is read. Today it reads stdout and stderr
-//! line by line (bounded: a line longer than [`MAX_LINE_BYTES`] is cut and
-//! the rest skipped), stamps the last-output instant the idle limit watches,
-//! and discards the content; success is judged by exit status alone.
+//! Where an agent's output goes: glasspane's session pump. This module is
+//! the thin adapter between supervision and [`glasspane::run_session`].
 //!
-//! Glasspane will replace [`drain`]: it parses the agent's JSONL from the
-//! same [`LineReader`], publishes session events, and returns its verdict in
-//! [`OutputSummary::verdict`] (pi exits 0 even on failure). The signature is
-//! the contract: the supervisor only needs the activity stamps and the summary.
+//! For every attempt with piped output, [`SessionPlan::start`] spawns the
+//! pump on the agent's stdout and stderr. It normalises each line into
+//! session events, numbered per session and stamped with the task id, the
+//! attempt and the worker; publishes them live on
+//! `colibri.session.<session>.<kind>`; writes them to the transcript
+//! `<state_dir>/sessions/<session>.jsonl`; and keeps a [`LiveState`] whose
+//! `last_output` the idle limit reads and whose changes become `progress`
+//! reports ([`crate::progress`]). When the supervisor has the agent's exit
+//! (and the outcome it imposed, if it stopped the agent itself), it hands
+//! them to [`Session::end`], which returns the pump's [`SessionSummary`]:
+//! the outcome by the agent's own rule (pi's `stopReason`, Claude's
+//! `is_error`, Codex's `turn.completed`/`turn.failed`, the exit status of a
+//! `command`), with the imposed outcome winning.
+//!
+//! # One publisher per session, on the worker's one connection
+//!
+//! `run_session` takes its [`SessionPublisher`] by value and closes it at
+//! the end, so a publisher cannot be shared by sessions; each session gets
+//! its own (a bounded queue and a task) on the worker's single NATS
+//! client. That is also the fairer shape: a flooding agent fills only its
+//! own queue and loses only its own live events (counted in a `dropped`
+//! event; the transcript keeps them), while the quiet sessions' queues stay
+//! empty and their publisher tasks take turns with the flooder's on the
+//! client's (FIFO) write path. A single shared queue would let one flood
+//! crowd every other session's events out. The cost is one queue of at most
+//! [`PUBLISH_CAPACITY`] encoded events per running attempt.
 
-use std::time::Instant;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use broker::messages::{Outcome, Usage};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::sync::watch;
+use broker::messages::{AttemptRef, Outcome, RunOrder};
+use broker::WorkerId;
+use glasspane::{
+    AgentEnding, AgentExit, AgentFormat, LiveState, PumpConfig, SessionMeta, SessionPublisher,
+    SessionSummary, Transcript, TranscriptConfig,
+};
+use tokio::io::AsyncRead;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
-/// Longest line kept; longer lines are cut here and counted.
-pub const MAX_LINE_BYTES: usize = 1 << 20;
+use crate::reports::Reporter;
 
-/// What reading the output found.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct OutputSummary {
-    pub stdout_lines: u64,
-    pub stderr_lines: u64,
-    pub bytes: u64,
-    /// Lines longer than [`MAX_LINE_BYTES`], cut.
-    pub cut_lines: u64,
-    /// The agent's own end signal, when a parser understood it (none yet).
-    pub verdict: Option<Outcome>,
-    pub usage: Option<Usage>,
+/// Events queued per session between the pump and NATS.
+pub const PUBLISH_CAPACITY: usize = glasspane::publish::DEFAULT_CAPACITY;
+
+/// Bound on the progress loop's last publish once the session is over.
+const PROGRESS_STOP_LIMIT: Duration = Duration::from_secs(3);
+
+/// The worker's side of glasspane: one per worker process, cloned into
+/// every attempt.
+#[derive(Clone)]
+pub struct SessionOutput {
+    client: async_nats::Client,
+    reporter: Reporter,
+    worker: WorkerId,
+    state_dir: Arc<PathBuf>,
+    pump: PumpConfig,
 }
 
-/// One line, without its LF; `cut` when it was longer than the bound.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Line {
-    pub bytes: Vec<u8>,
-    pub cut: bool,
+impl std::fmt::Debug for SessionOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionOutput")
+            .field("worker", &self.worker)
+            .field("state_dir", &self.state_dir)
+            .finish_non_exhaustive()
+    }
 }
 
-/// Reads LF-separated lines of at most `max` bytes; never buffers more.
-pub struct LineReader<R> {
-    inner: BufReader<R>,
-    max: usize,
-}
-
-impl<R: AsyncRead + Unpin> LineReader<R> {
-    pub fn new(inner: R, max: usize) -> Self {
-        LineReader {
-            inner: BufReader::new(inner),
-            max,
+impl SessionOutput {
+    pub fn new(
+        client: async_nats::Client,
+        reporter: Reporter,
+        worker: WorkerId,
+        state_dir: PathBuf,
+    ) -> SessionOutput {
+        SessionOutput {
+            client,
+            reporter,
+            worker,
+            state_dir: Arc::new(state_dir),
+            pump: PumpConfig::default(),
         }
     }
 
-    /// The next line (a partial last line at EOF included), `None` at EOF.
-    pub async fn next_line(&mut self) -> std::io::Result<Option<Line>> {
-        let mut line = Vec::new();
-        let mut cut = false;
-        let mut any = false;
-        loop {
-            let buf = self.inner.fill_buf().await?;
-            if buf.is_empty() {
-                return Ok(any.then_some(Line { bytes: line, cut }));
+    /// The session of `order`, run by the agent profile `agent` (its name
+    /// picks the output format; `command` and unknown names are plain text).
+    pub fn plan(&self, order: &RunOrder, agent: &str) -> SessionPlan {
+        SessionPlan {
+            output: self.clone(),
+            meta: SessionMeta {
+                session: order.session,
+                task_id: order.task.id,
+                attempt: order.attempt,
+                worker: self.worker.clone(),
+            },
+            format: AgentFormat::for_agent(agent),
+        }
+    }
+}
+
+/// A session about to start: who it belongs to and how to read it.
+#[derive(Debug, Clone)]
+pub struct SessionPlan {
+    output: SessionOutput,
+    meta: SessionMeta,
+    format: AgentFormat,
+}
+
+impl SessionPlan {
+    /// Starts the pump on the agent's output.
+    pub fn start<O, E>(self, stdout: O, stderr: E) -> Session
+    where
+        O: AsyncRead + Unpin + Send + 'static,
+        E: AsyncRead + Unpin + Send + 'static,
+    {
+        let SessionPlan {
+            output,
+            meta,
+            format,
+        } = self;
+        let transcript = match Transcript::create(
+            &output.state_dir,
+            &meta.session,
+            TranscriptConfig::default(),
+        ) {
+            Ok(t) => Some(t),
+            Err(error) => {
+                warn!(task_id = %meta.task_id, attempt = meta.attempt, session = %meta.session, %error,
+                    "no transcript for this session");
+                None
             }
-            any = true;
-            let (chunk, used, done) = match buf.iter().position(|b| *b == b'\n') {
-                Some(i) => (&buf[..i], i + 1, true),
-                None => (buf, buf.len(), false),
-            };
-            let room = self.max.saturating_sub(line.len());
-            if chunk.len() > room {
-                cut = true;
+        };
+        let publisher = SessionPublisher::spawn(output.client.clone(), PUBLISH_CAPACITY);
+        let (live_tx, live) = watch::channel(LiveState::default());
+        let (ending_tx, ending_rx) = oneshot::channel();
+        let exit = async move {
+            ending_rx.await.unwrap_or_else(|_| AgentEnding {
+                exit: AgentExit::default(),
+                imposed: Some((
+                    Outcome::Failed,
+                    "the worker lost track of the agent's exit".into(),
+                )),
+            })
+        };
+        let attempt = AttemptRef {
+            task_id: meta.task_id,
+            attempt: meta.attempt,
+        };
+        let session = meta.session;
+        let finish_timeout = output.pump.finish_timeout;
+        let pump = tokio::spawn(glasspane::run_session(
+            stdout,
+            stderr,
+            exit,
+            meta,
+            format,
+            output.pump.clone(),
+            publisher,
+            transcript,
+            live_tx,
+        ));
+        Session {
+            live,
+            ending: Some(ending_tx),
+            pump,
+            finish_timeout,
+            progress: Progress {
+                reporter: output.reporter,
+                attempt,
+                session,
+                stop: CancellationToken::new(),
+                task: None,
+            },
+        }
+    }
+}
+
+struct Progress {
+    reporter: Reporter,
+    attempt: AttemptRef,
+    session: broker::SessionId,
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+/// One attempt's running session.
+pub struct Session {
+    live: watch::Receiver<LiveState>,
+    ending: Option<oneshot::Sender<AgentEnding>>,
+    pump: JoinHandle<SessionSummary>,
+    finish_timeout: Duration,
+    progress: Progress,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("session", &self.progress.session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// When the agent last printed a line (for the idle limit).
+    pub fn last_output(&self) -> tokio::time::Instant {
+        self.live.borrow().last_output
+    }
+
+    /// Starts sending `progress` reports (once the attempt is reported
+    /// started, so that progress never precedes it).
+    pub fn report_progress(&mut self) {
+        if self.progress.task.is_some() {
+            return;
+        }
+        let p = &self.progress;
+        self.progress.task = Some(tokio::spawn(crate::progress::report(
+            p.reporter.clone(),
+            p.attempt,
+            p.session,
+            self.live.clone(),
+            p.stop.clone(),
+        )));
+    }
+
+    /// Hands the pump the agent's ending and waits for the session's end:
+    /// the output read to EOF (within `eof_limit`; the tree is dead by now,
+    /// so the pipes are closing), the final events published. Progress
+    /// reports have stopped when this returns, so the caller's `finished`
+    /// report comes after the last of them. `None` if the pump did not end
+    /// in time.
+    pub async fn end(mut self, ending: AgentEnding, eof_limit: Duration) -> Option<SessionSummary> {
+        if let Some(tx) = self.ending.take() {
+            let _ = tx.send(ending);
+        }
+        let limit = eof_limit + self.finish_timeout;
+        let summary = match tokio::time::timeout(limit, &mut self.pump).await {
+            Ok(Ok(summary)) => Some(summary),
+            Ok(Err(error)) => {
+                warn!(session = %self.progress.session, %error, "session pump failed");
+                None
             }
-            line.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            self.inner.consume(used);
-            if done {
-                return Ok(Some(Line { bytes: line, cut }));
+            Err(_) => {
+                warn!(session = %self.progress.session, limit_ms = limit.as_millis() as u64,
+                    "session pump did not end in time; abandoned");
+                self.pump.abort();
+                None
+            }
+        };
+        self.progress.stop.cancel();
+        if let Some(mut task) = self.progress.task.take() {
+            if tokio::time::timeout(PROGRESS_STOP_LIMIT, &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
             }
         }
+        summary
     }
 }
 
-/// Reads both streams to EOF, stamping `activity` at every line. Read errors
-/// end that stream (the agent's exit status still decides).
-pub async fn drain<O, E>(
-    stdout: Option<O>,
-    stderr: Option<E>,
-    activity: watch::Sender<Instant>,
-) -> OutputSummary
-where
-    O: AsyncRead + Unpin,
-    E: AsyncRead + Unpin,
-{
-    let out = async {
-        match stdout {
-            Some(s) => count(LineReader::new(s, MAX_LINE_BYTES), &activity).await,
-            None => (0, 0, 0),
-        }
-    };
-    let err = async {
-        match stderr {
-            Some(s) => count(LineReader::new(s, MAX_LINE_BYTES), &activity).await,
-            None => (0, 0, 0),
-        }
-    };
-    let ((ol, ob, oc), (el, eb, ec)) = tokio::join!(out, err);
-    OutputSummary {
-        stdout_lines: ol,
-        stderr_lines: el,
-        bytes: ob + eb,
-        cut_lines: oc + ec,
-        verdict: None,
-        usage: None,
-    }
-}
-
-async fn count<R: AsyncRead + Unpin>(
-    mut reader: LineReader<R>,
-    activity: &watch::Sender<Instant>,
-) -> (u64, u64, u64) {
-    let (mut lines, mut bytes, mut cut) = (0u64, 0u64, 0u64);
-    while let Ok(Some(line)) = reader.next_line().await {
-        lines += 1;
-        bytes += line.bytes.len() as u64;
-        cut += u64::from(line.cut);
-        activity.send_replace(Instant::now());
-    }
-    (lines, bytes, cut)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn lines_are_bounded_and_partial_last_line_kept() {
-        let data: &[u8] = b"short\nxxxxxxxxxx\n\xff\xfe\nend";
-        let mut r = LineReader::new(data, 4);
-        let mut got = Vec::new();
-        while let Some(l) = r.next_line().await.unwrap() {
-            got.push((l.bytes, l.cut));
-        }
-        assert_eq!(
-            got,
-            vec![
-                (b"shor".to_vec(), true),
-                (b"xxxx".to_vec(), true),
-                (vec![0xff, 0xfe], false),
-                (b"end".to_vec(), false)
-            ]
-        );
-    }
-
-    #[tokio::test]
-    async fn drain_counts_and_stamps_activity() {
-        let start = Instant::now();
-        let (tx, rx) = watch::channel(start);
-        let s = drain(Some(&b"a\nb\n"[..]), Some(&b"e\n"[..]), tx).await;
-        assert_eq!((s.stdout_lines, s.stderr_lines, s.bytes), (2, 1, 3));
-        assert!(*rx.borrow() >= start);
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.progress.stop.cancel();
     }
 }

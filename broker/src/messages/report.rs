@@ -1,6 +1,8 @@
 //! Reports on `colibri.task.<task>.report`: a worker tells the scheduler what
 //! happened to one attempt. Published through JetStream with
-//! `Nats-Msg-Id: <task>:<attempt>:<kind>` so a retried publish is deduplicated.
+//! `Nats-Msg-Id: <task>:<attempt>:<kind>` so a retried publish is deduplicated;
+//! `progress` reports, of which an attempt sends many, add the worker's
+//! incarnation and the report's `seq` (`<task>:<attempt>:progress:<incarnation>:<seq>`).
 
 use serde::{Deserialize, Serialize};
 
@@ -21,9 +23,18 @@ pub struct Report {
 }
 
 impl Report {
-    /// The `Nats-Msg-Id` of this report.
+    /// The `Nats-Msg-Id` of this report: one per kind and attempt, except
+    /// `progress`, which is unique per report of one worker process.
     pub fn msg_id(&self) -> String {
-        format!("{}:{}:{}", self.task_id, self.attempt, self.body.kind())
+        match &self.body {
+            ReportBody::Progress { seq, .. } => format!(
+                "{}:{}:progress:{}:{seq}",
+                self.task_id,
+                self.attempt,
+                self.incarnation.simple()
+            ),
+            body => format!("{}:{}:{}", self.task_id, self.attempt, body.kind()),
+        }
     }
 }
 
@@ -58,6 +69,10 @@ pub enum ReportBody {
         current_tool: Option<String>,
         #[serde(default)]
         usage: Usage,
+        /// Numbers this attempt's progress reports (1, 2, ...) so that each
+        /// has its own `Nats-Msg-Id`; 0 from senders that predate it.
+        #[serde(default)]
+        seq: u64,
     },
 }
 
@@ -133,5 +148,58 @@ pub struct Usage {
 impl Usage {
     pub fn total_tokens(&self) -> u64 {
         self.input_tokens + self.output_tokens
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(body: ReportBody) -> Report {
+        Report {
+            v: 1,
+            task_id: TaskId::new(),
+            attempt: 2,
+            worker: WorkerId::parse("debby").expect("valid worker id"),
+            incarnation: uuid::Uuid::new_v4(),
+            at_ms: 0,
+            body,
+        }
+    }
+
+    fn progress(seq: u64) -> ReportBody {
+        ReportBody::Progress {
+            session: SessionId::new(),
+            pane: "running".into(),
+            last_event_ms: 0,
+            current_tool: None,
+            usage: Usage::default(),
+            seq,
+        }
+    }
+
+    #[test]
+    fn progress_reports_have_distinct_msg_ids() {
+        let a = report(progress(1));
+        let mut b = a.clone();
+        b.body = progress(2);
+        assert_ne!(a.msg_id(), b.msg_id());
+        assert!(a
+            .msg_id()
+            .starts_with(&format!("{}:2:progress:", a.task_id)));
+        let started = report(ReportBody::Started {
+            session: SessionId::new(),
+            pid: None,
+        });
+        assert_eq!(started.msg_id(), format!("{}:2:started", started.task_id));
+    }
+
+    #[test]
+    fn progress_without_seq_still_decodes() {
+        let r = report(progress(7));
+        let mut json = serde_json::to_value(&r).expect("encodes");
+        json.as_object_mut().map(|o| o.remove("seq"));
+        let back: Report = serde_json::from_value(json).expect("decodes");
+        assert!(matches!(back.body, ReportBody::Progress { seq: 0, .. }));
     }
 }

@@ -10,16 +10,15 @@ pub mod kill;
 pub mod procfs;
 pub mod spawn;
 
-use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
-use broker::messages::Outcome;
+use broker::messages::{Outcome, Usage};
+use glasspane::{AgentEnding, AgentExit, SessionSummary};
 use tokio::process::Child;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
-use crate::session_output::{self, OutputSummary};
+use crate::session_output::{Session, SessionPlan};
 pub use kill::{Tree, MARKER_VAR};
 pub use spawn::{OutputMode, SpawnError, SpawnSpec};
 
@@ -68,7 +67,10 @@ pub struct Ending {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub reason: Option<String>,
-    pub output: OutputSummary,
+    /// Tokens and cost the agent reported (none when it reported nothing).
+    pub usage: Option<Usage>,
+    /// The session's summary, when its output was read.
+    pub session: Option<SessionSummary>,
 }
 
 impl Ending {
@@ -79,7 +81,8 @@ impl Ending {
             exit_code: None,
             signal: None,
             reason: Some(reason.into()),
-            output: OutputSummary::default(),
+            usage: None,
+            session: None,
         }
     }
 }
@@ -96,20 +99,27 @@ pub struct Supervised {
     pid: u32,
     started: Instant,
     tree: Tree,
-    activity: watch::Receiver<Instant>,
-    drain: JoinHandle<OutputSummary>,
+    /// The glasspane session reading its output; none when the output is
+    /// not piped to the worker (`spawn-local`).
+    session: Option<Session>,
     cleanup: Vec<Vec<String>>,
 }
 
 impl Supervised {
-    /// Takes over a freshly spawned child: starts reading its output.
-    pub fn new(mut child: Child, marker: String, cleanup: Vec<Vec<String>>) -> Option<Supervised> {
+    /// Takes over a freshly spawned child: starts its session on its output
+    /// (when `plan` is given and the output is piped).
+    pub fn new(
+        mut child: Child,
+        marker: String,
+        cleanup: Vec<Vec<String>>,
+        plan: Option<SessionPlan>,
+    ) -> Option<Supervised> {
         let pid = child.id()?;
         let started = Instant::now();
-        let (tx, activity) = watch::channel(started);
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        let drain = tokio::spawn(session_output::drain(stdout, stderr, tx));
+        let session = match (plan, child.stdout.take(), child.stderr.take()) {
+            (Some(plan), Some(stdout), Some(stderr)) => Some(plan.start(stdout, stderr)),
+            _ => None,
+        };
         Some(Supervised {
             child,
             pid,
@@ -118,10 +128,17 @@ impl Supervised {
                 pgid: pid as i32,
                 marker,
             },
-            activity,
-            drain,
+            session,
             cleanup,
         })
+    }
+
+    /// When the agent last printed a line (its start, without a session).
+    fn last_output(&self) -> tokio::time::Instant {
+        match &self.session {
+            Some(s) => s.last_output(),
+            None => tokio::time::Instant::from_std(self.started),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -136,20 +153,22 @@ impl Supervised {
     /// Whatever the end, the whole tree is gone when this returns.
     pub async fn wait(mut self, limits: AttemptLimits, stop: &mut StopRx) -> Ending {
         let deadline = tokio::time::Instant::from_std(later(self.started, limits.run));
+        if let Some(session) = self.session.as_mut() {
+            session.report_progress();
+        }
         let mut stop_open = true;
         let end = loop {
             if let Some(cause) = stop.borrow().clone() {
                 break End::Forced(cause.outcome(), cause.reason());
             }
-            let last = *self.activity.borrow();
-            let idle_at = tokio::time::Instant::from_std(later(last, limits.idle));
+            let idle_at = later_tokio(self.last_output(), limits.idle);
             tokio::select! {
                 status = self.child.wait() => break End::Exited(status.ok()),
                 _ = tokio::time::sleep_until(deadline) => {
                     break End::Forced(Outcome::TimedOut, format!("run time limit of {} s reached", limits.run.as_secs()));
                 }
                 _ = tokio::time::sleep_until(idle_at) => {
-                    if self.activity.borrow().elapsed() >= limits.idle {
+                    if self.last_output().elapsed() >= limits.idle {
                         break End::Forced(Outcome::TimedOut, format!("idle limit: no output for {} s", limits.idle.as_secs()));
                     }
                 }
@@ -192,33 +211,44 @@ impl Supervised {
                 .ok()
                 .and_then(|r| r.ok()),
         };
-        let output = match tokio::time::timeout(Duration::from_secs(5), &mut self.drain).await {
-            Ok(Ok(summary)) => summary,
-            _ => {
-                self.drain.abort();
-                OutputSummary::default()
+        let exit = status.map(AgentExit::from).unwrap_or_default();
+        let exit_code = exit.code;
+        let signal = exit.signal;
+        let summary = match self.session.take() {
+            Some(session) => {
+                let ending = AgentEnding {
+                    exit,
+                    imposed: forced.clone(),
+                };
+                session.end(ending, Duration::from_secs(5)).await
             }
+            None => None,
         };
         spawn::run_cleanup(&self.cleanup).await;
-        let exit_code = status.and_then(|s| s.code());
-        let signal = status.and_then(|s| s.signal());
         debug!(
             pid = self.pid,
             ?exit_code,
             ?signal,
-            lines = output.stdout_lines,
+            events = summary.as_ref().map(|s| s.events),
+            dropped = summary.as_ref().map(|s| s.dropped),
             "agent ended"
         );
-        let (outcome, reason) = match forced {
-            Some((outcome, reason)) => (outcome, Some(reason)),
-            None => judge(exit_code, signal, &output),
+        let (outcome, reason) = match (&summary, forced) {
+            (Some(s), _) => (s.outcome, s.reason.clone()),
+            (None, Some((outcome, reason))) => (outcome, Some(reason)),
+            (None, None) => judge(exit_code, signal),
         };
+        let usage = summary
+            .as_ref()
+            .map(|s| s.usage.clone())
+            .filter(|u| *u != Usage::default());
         Ending {
             outcome,
             exit_code,
             signal,
             reason,
-            output,
+            usage,
+            session: summary,
         }
     }
 }
@@ -230,16 +260,15 @@ fn later(at: Instant, d: Duration) -> Instant {
         .unwrap_or(at)
 }
 
-/// Success or failure of an agent that ended on its own: its own end signal
-/// when the output seam understood one, else its exit status.
-pub fn judge(
-    exit_code: Option<i32>,
-    signal: Option<i32>,
-    output: &OutputSummary,
-) -> (Outcome, Option<String>) {
-    if let Some(verdict) = output.verdict {
-        return (verdict, None);
-    }
+/// `at + d` on tokio's clock, saturating like [`later`].
+fn later_tokio(at: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(later(at.into_std(), d))
+}
+
+/// Success or failure of an agent that ended on its own when no session read
+/// its output (`spawn-local`, or a pump that did not end): its exit status.
+/// With a session, the agent's own end signal decides (see `glasspane`).
+pub fn judge(exit_code: Option<i32>, signal: Option<i32>) -> (Outcome, Option<String>) {
     match (exit_code, signal) {
         (Some(0), _) => (Outcome::Succeeded, None),
         (Some(code), _) => (Outcome::Failed, Some(format!("exited with status {code}"))),
