@@ -16,6 +16,7 @@ mod snapshot;
 mod spawn_local;
 mod status;
 mod submit;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -57,6 +58,8 @@ pub enum CliCommand {
     SetCostMode(cost_mode::SetCostModeArgs),
     /// Task and worker lifecycle events, live.
     Events(events::EventsArgs),
+    /// Follow one agent session's events (a task's latest, or a session id) until it ends.
+    Watch(watch::WatchArgs),
     /// Spawn an agent locally, confined as a task would be, and stream its output.
     SpawnLocal(spawn_local::SpawnLocalArgs),
     /// Identities: add a host or user, print the server's authorization block.
@@ -100,6 +103,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 CliCommand::Snapshot(args) => snapshot::run(&api, args).await,
                 CliCommand::SetCostMode(args) => cost_mode::run(&api, args).await,
                 CliCommand::Events(args) => events::run(&api, args).await,
+                CliCommand::Watch(args) => watch::run(&api, args).await,
                 CliCommand::SpawnLocal(_) | CliCommand::Admin(_) => {
                     unreachable!("handled above")
                 }
