@@ -93,7 +93,9 @@ impl Executor {
             return Ok(Begun::Noop);
         }
         let cfg = &self.config;
-        let task = &order.task;
+        let continued = crate::cost::continued_task(order, &cfg.state_dir)
+            .map_err(|e| Ending::without_run(Outcome::Rejected, e.to_string()))?;
+        let task = continued.as_ref().unwrap_or(&order.task);
         let invocation = cfg
             .agents
             .invocation(task, &order.session)

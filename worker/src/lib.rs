@@ -6,6 +6,7 @@
 //! - [`profiles`]: agent profiles (pi, claude, codex, command) and their argv;
 //! - [`confine`]: bubblewrap, FreeBSD jail or unconfined launch argv;
 //! - [`supervise`]: spawn with retries, limits, and killing a whole tree;
+//! - [`cost`]: cost modes followed live and enforced on every append;
 //! - [`session_output`]: each agent's output as a glasspane session (live
 //!   events, transcript, verdict); [`progress`]: its live state as
 //!   coalesced `progress` reports;
@@ -17,6 +18,7 @@
 
 pub mod config;
 pub mod confine;
+pub mod cost;
 pub mod error;
 pub mod executor;
 pub mod orders;

@@ -64,13 +64,15 @@ pub async fn run(
         agents = %config.agents.enabled().joined(), tags = %config.capabilities.joined(), "worker ready");
 
     let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let fleet_cost = crate::cost::watch_fleet(js.clone(), shutdown.child_token());
     let reporter = Reporter::new(js, config.worker_id.clone(), incarnation);
     let sessions = SessionOutput::new(
         client.clone(),
         reporter.clone(),
         config.worker_id.clone(),
         config.state_dir.clone(),
-    );
+    )
+    .with_fleet_cost(fleet_cost);
     let mut state = State {
         presence: Presence::new(&config, incarnation),
         reporter,

@@ -44,6 +44,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::cost::{CostGuard, FleetCost};
 use crate::reports::Reporter;
 
 /// Events queued per session between the pump and NATS.
@@ -61,6 +62,8 @@ pub struct SessionOutput {
     worker: WorkerId,
     state_dir: Arc<PathBuf>,
     pump: PumpConfig,
+    /// The fleet's cost settings, followed live (see [`crate::cost`]).
+    fleet_cost: watch::Receiver<FleetCost>,
 }
 
 impl std::fmt::Debug for SessionOutput {
@@ -84,8 +87,23 @@ impl SessionOutput {
             reporter,
             worker,
             state_dir: Arc::new(state_dir),
-            pump: PumpConfig::default(),
+            pump: PumpConfig {
+                // Whole tool results reach the cost guard, which compacts
+                // them by the mode (with the sha256 of the whole).
+                limits: glasspane::Limits {
+                    result: crate::cost::WHOLE_RESULT_BYTES,
+                    ..Default::default()
+                },
+                ..PumpConfig::default()
+            },
+            fleet_cost: watch::channel(FleetCost::default()).1,
         }
+    }
+
+    /// Follows the fleet's cost settings from `fleet_cost`.
+    pub fn with_fleet_cost(mut self, fleet_cost: watch::Receiver<FleetCost>) -> SessionOutput {
+        self.fleet_cost = fleet_cost;
+        self
     }
 
     /// The session of `order`, run by the agent profile `agent` (its name
@@ -100,6 +118,7 @@ impl SessionOutput {
                 worker: self.worker.clone(),
             },
             format: AgentFormat::for_agent(agent),
+            cost_source: crate::cost::mode_source(order),
         }
     }
 }
@@ -110,6 +129,7 @@ pub struct SessionPlan {
     output: SessionOutput,
     meta: SessionMeta,
     format: AgentFormat,
+    cost_source: costmode::ModeSource,
 }
 
 impl SessionPlan {
@@ -123,7 +143,14 @@ impl SessionPlan {
             output,
             meta,
             format,
+            cost_source,
         } = self;
+        let (guard, budget) = CostGuard::new(
+            &meta,
+            cost_source,
+            output.fleet_cost.clone(),
+            output.state_dir.to_path_buf(),
+        );
         let transcript = match Transcript::create(
             &output.state_dir,
             &meta.session,
@@ -154,7 +181,7 @@ impl SessionPlan {
         };
         let session = meta.session;
         let finish_timeout = output.pump.finish_timeout;
-        let pump = tokio::spawn(glasspane::run_session(
+        let pump = tokio::spawn(glasspane::run_session_with(
             stdout,
             stderr,
             exit,
@@ -164,9 +191,11 @@ impl SessionPlan {
             publisher,
             transcript,
             live_tx,
+            Box::new(guard),
         ));
         Session {
             live,
+            budget,
             ending: Some(ending_tx),
             pump,
             finish_timeout,
@@ -192,6 +221,8 @@ struct Progress {
 /// One attempt's running session.
 pub struct Session {
     live: watch::Receiver<LiveState>,
+    /// `Some(reason with the figures)` once the spend ceiling is crossed.
+    budget: watch::Receiver<Option<String>>,
     ending: Option<oneshot::Sender<AgentEnding>>,
     pump: JoinHandle<SessionSummary>,
     finish_timeout: Duration,
@@ -210,6 +241,19 @@ impl Session {
     /// When the agent last printed a line (for the idle limit).
     pub fn last_output(&self) -> tokio::time::Instant {
         self.live.borrow().last_output
+    }
+
+    /// Resolves, with the figures, once the session crosses its spend
+    /// ceiling (never, if it does not).
+    pub async fn budget_exceeded(&mut self) -> String {
+        let reason = match self.budget.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => reason,
+            None => std::future::pending().await,
+        }
     }
 
     /// Starts sending `progress` reports (once the attempt is reported
@@ -234,7 +278,18 @@ impl Session {
     /// reports have stopped when this returns, so the caller's `finished`
     /// report comes after the last of them. `None` if the pump did not end
     /// in time.
-    pub async fn end(mut self, ending: AgentEnding, eof_limit: Duration) -> Option<SessionSummary> {
+    pub async fn end(
+        mut self,
+        mut ending: AgentEnding,
+        eof_limit: Duration,
+    ) -> Option<SessionSummary> {
+        // A session that crossed its spend ceiling ends `budget_exceeded`
+        // even when the agent exited before the stop reached it.
+        if ending.imposed.is_none() {
+            if let Some(reason) = self.budget.borrow().clone() {
+                ending.imposed = Some((Outcome::BudgetExceeded, reason));
+            }
+        }
         if let Some(tx) = self.ending.take() {
             let _ = tx.send(ending);
         }

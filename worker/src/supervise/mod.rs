@@ -172,6 +172,9 @@ impl Supervised {
                         break End::Forced(Outcome::TimedOut, format!("idle limit: no output for {} s", limits.idle.as_secs()));
                     }
                 }
+                reason = budget_stop(&mut self.session) => {
+                    break End::Forced(Outcome::BudgetExceeded, reason);
+                }
                 changed = stop.changed(), if stop_open => {
                     if changed.is_err() {
                         stop_open = false;
@@ -274,5 +277,14 @@ pub fn judge(exit_code: Option<i32>, signal: Option<i32>) -> (Outcome, Option<St
         (Some(code), _) => (Outcome::Failed, Some(format!("exited with status {code}"))),
         (None, Some(sig)) => (Outcome::Failed, Some(format!("killed by signal {sig}"))),
         (None, None) => (Outcome::Failed, Some("exit status unknown".to_string())),
+    }
+}
+
+/// The figures once `session` crosses its spend ceiling; never without a
+/// session.
+async fn budget_stop(session: &mut Option<Session>) -> String {
+    match session {
+        Some(s) => s.budget_exceeded().await,
+        None => std::future::pending().await,
     }
 }
