@@ -203,12 +203,15 @@ async fn burst(nats: &NatsServer, n: usize, workers: usize, noop: bool) -> anyho
         .collect();
     let mut pending: HashSet<TaskId> = specs.iter().map(|s| s.id).collect();
     let t0 = Instant::now();
-    let mut acks = Vec::with_capacity(n);
-    for s in &specs {
-        acks.push(submit(&js, s).await?);
-    }
-    for a in acks {
-        a.await?;
+    // Await acks in chunks: each unawaited one holds an in-flight permit.
+    for chunk in specs.chunks(1000) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for s in chunk {
+            acks.push(submit(&js, s).await?);
+        }
+        for a in acks {
+            a.await?;
+        }
     }
     while !pending.is_empty() {
         let msg = tokio::time::timeout(Duration::from_secs(60), events.next())
@@ -267,10 +270,94 @@ async fn idle_worker_rss(nats: &NatsServer) -> anyhow::Result<u64> {
     Ok(rss)
 }
 
+/// A board of `n` tasks (`queued` of them queued, the rest succeeded) served
+/// by the real `colibri-scheduler` binary: its RSS, and `list-tasks --status
+/// queued` (first page of 100) latency p50 / p99 over the request endpoint.
+async fn big_board(
+    nats: &NatsServer,
+    n: usize,
+    queued: usize,
+) -> anyhow::Result<(u64, Duration, Duration, Duration)> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("big.db");
+    let t0 = Instant::now();
+    {
+        let mut board = scheduler::board::Board::open(&db)?;
+        let mut done = 0;
+        while done < n {
+            let tx = board.transaction()?;
+            for i in done..(done + 50_000).min(n) {
+                let spec = command_task(&["/bin/true"], &["nowhere"]);
+                let state = if i < queued {
+                    TaskState::Queued
+                } else {
+                    TaskState::Succeeded
+                };
+                tx.insert_task(&spec, state, None, 0)?;
+            }
+            tx.commit()?;
+            done = (done + 50_000).min(n);
+        }
+    }
+    eprintln!(
+        "  (board of {n} tasks written in {:.1} s)",
+        t0.elapsed().as_secs_f64()
+    );
+    let mut child = tokio::process::Command::new(harness::workspace_bin("colibri-scheduler"))
+        .arg("--db")
+        .arg(&db)
+        .args(["--nats-url", &nats.url()])
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawn colibri-scheduler")?;
+    let pid = child.id().context("pid")?;
+    let client = nats.client().await?;
+    let api = scheduler::cli::ApiClient { client };
+    let req = broker::messages::api::ListTasksRequest {
+        status: Some(TaskState::Queued),
+        limit: Some(100),
+        after: None,
+    };
+    let t_up = Instant::now();
+    loop {
+        let r: Result<broker::messages::api::ListTasksReply, _> =
+            api.call(broker::subjects::api::LIST_TASKS, &req).await;
+        if r.is_ok() {
+            break;
+        }
+        anyhow::ensure!(
+            t_up.elapsed() < Duration::from_secs(60),
+            "scheduler did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let startup = t_up.elapsed();
+    let mut lat = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        let r: broker::messages::api::ListTasksReply =
+            api.call(broker::subjects::api::LIST_TASKS, &req).await?;
+        lat.push(t.elapsed());
+        anyhow::ensure!(r.tasks.len() == 100.min(queued));
+    }
+    lat.sort();
+    let rss = rss_kib(pid).context("rss")?;
+    child.kill().await.ok();
+    Ok((rss, pct(&lat, 0.5), pct(&lat, 0.99), startup))
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let q = quick();
     let nats = NatsServer::start()?;
+    if let Ok(only) = std::env::var("COLIBRI_BENCH_ONLY") {
+        // Profiling aid: one measurement alone (noop | burst).
+        let n = if q { 1000 } else { 20000 };
+        let rate = burst(&nats, n, 1, only == "noop").await?;
+        println!("{only}: {n} tasks: {rate:.0} tasks/s");
+        return Ok(());
+    }
     let mut rows = Vec::new();
     let mut push = |what: &str, value: String, target: &str| {
         println!("  {what}: {value}");
@@ -337,6 +424,29 @@ async fn main() -> anyhow::Result<()> {
             format!("not measured: {e:#}"),
             "≤ 20 MB",
         ),
+    }
+
+    if !q {
+        match big_board(&nats, 1_000_000, 1_000).await {
+            Ok((kib, p50, p99, up)) => {
+                push(
+                    "scheduler RSS, 1,000,000 tasks on its board",
+                    format!("{:.1} MB", kib as f64 / 1024.0),
+                    "≤ 200 MB",
+                );
+                push(
+                    "list-tasks --status queued (page of 100) p50 / p99, 1M board",
+                    format!("{} / {}", ms(p50), ms(p99)),
+                    "≤ 20 ms",
+                );
+                push(
+                    "scheduler start on the 1M board (until it answers)",
+                    ms(up),
+                    "-",
+                );
+            }
+            Err(e) => push("1M board", format!("not measured: {e:#}"), "-"),
+        }
     }
 
     println!();

@@ -132,6 +132,8 @@ async fn cancel_under_bwrap_leaves_nothing_behind() -> anyhow::Result<()> {
     let tree = worker::supervise::Tree {
         pgid: bwrap_pid as i32,
         marker: String::new(),
+        contained: true,
+        since: 0,
     };
     let pids = eventually(LONG, "agent and 3 grandchildren running", || {
         let tree = tree.clone();

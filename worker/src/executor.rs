@@ -165,7 +165,9 @@ impl Executor {
             .sessions
             .as_ref()
             .map(|s| s.plan(order, invocation.agent.as_str()));
-        let Some(agent) = Supervised::new(child, marker, cleanup, plan) else {
+        // A pid namespace (bwrap) or a jail takes every process down with it.
+        let contained = cfg.confinement != Confinement::Unconfined;
+        let Some(agent) = Supervised::new(child, marker, contained, cleanup, plan) else {
             return Err(Ending::without_run(
                 Outcome::SpawnFailed,
                 "the agent exited before it could be supervised",

@@ -48,14 +48,14 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
 
     CREATE TABLE transitions (
+        id      INTEGER PRIMARY KEY,
         task_id TEXT NOT NULL,
-        seq     INTEGER NOT NULL,
         state   TEXT NOT NULL,
         attempt INTEGER NOT NULL,
         at_ms   INTEGER NOT NULL,
-        reason  TEXT,
-        PRIMARY KEY (task_id, seq)
-    ) WITHOUT ROWID;
+        reason  TEXT
+    );
+    CREATE INDEX transitions_by_task ON transitions(task_id, id);
 
     CREATE TABLE state_counts (
         state TEXT PRIMARY KEY,

@@ -141,7 +141,7 @@ impl BoardReader {
             .query_map([&id], attempt_record)?
             .collect::<Result<Vec<_>, _>>()?;
         let mut stmt = self.conn.prepare_cached(
-            "SELECT state, attempt, at_ms, reason FROM transitions WHERE task_id = ?1 ORDER BY seq",
+            "SELECT state, attempt, at_ms, reason FROM transitions WHERE task_id = ?1 ORDER BY id",
         )?;
         let transitions = stmt
             .query_map([&id], |r| {

@@ -58,11 +58,10 @@ impl<'a> BoardTx<'a> {
         reason: Option<&str>,
         now: i64,
     ) -> Result<bool, BoardError> {
-        let inserted = self.tx.execute(
+        let inserted = self.tx.prepare_cached(
             "INSERT INTO tasks (id, title, state, agent, capabilities, spec, reason, created_at_ms, updated_at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
-             ON CONFLICT(id) DO NOTHING",
-            params![
+             ON CONFLICT(id) DO NOTHING")?.execute(params![
                 spec.id.to_string(),
                 spec.title,
                 state_str(state),
@@ -71,8 +70,7 @@ impl<'a> BoardTx<'a> {
                 json(spec),
                 reason,
                 now
-            ],
-        )?;
+            ])?;
         if inserted == 1 {
             self.transition(&spec.id, state, 0, reason, now)?;
         }
@@ -87,11 +85,18 @@ impl<'a> BoardTx<'a> {
         reason: Option<&str>,
         now: i64,
     ) -> Result<(), BoardError> {
-        self.tx.execute(
-            "INSERT INTO transitions (task_id, seq, state, attempt, at_ms, reason)
-             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM transitions WHERE task_id = ?1), ?2, ?3, ?4, ?5)",
-            params![task.to_string(), state_str(state), attempt, now, reason],
-        )?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO transitions (task_id, state, attempt, at_ms, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                task.to_string(),
+                state_str(state),
+                attempt,
+                now,
+                reason
+            ])?;
         Ok(())
     }
 
@@ -104,21 +109,27 @@ impl<'a> BoardTx<'a> {
         reason: Option<&str>,
         now: i64,
     ) -> Result<(), BoardError> {
-        self.tx.execute(
-            "UPDATE tasks SET state = ?2, attempt = ?3, reason = ?4, updated_at_ms = ?5,
+        self.tx
+            .prepare_cached(
+                "UPDATE tasks SET state = ?2, attempt = ?3, reason = ?4, updated_at_ms = ?5,
                  parked = CASE WHEN ?2 = 'queued' THEN parked ELSE NULL END
              WHERE id = ?1",
-            params![task.to_string(), state_str(state), attempt, reason, now],
-        )?;
+            )?
+            .execute(params![
+                task.to_string(),
+                state_str(state),
+                attempt,
+                reason,
+                now
+            ])?;
         self.transition(task, state, attempt, reason, now)
     }
 
     /// Records why a queued task is not placed (no transition row).
     pub fn set_parked(&self, task: &TaskId, parked: Option<&ParkReason>) -> Result<(), BoardError> {
-        self.tx.execute(
-            "UPDATE tasks SET parked = ?2 WHERE id = ?1",
-            params![task.to_string(), parked.map(json)],
-        )?;
+        self.tx
+            .prepare_cached("UPDATE tasks SET parked = ?2 WHERE id = ?1")?
+            .execute(params![task.to_string(), parked.map(json)])?;
         Ok(())
     }
 
@@ -131,23 +142,21 @@ impl<'a> BoardTx<'a> {
         session: &SessionId,
         now: i64,
     ) -> Result<(), BoardError> {
-        self.tx.execute(
-            "UPDATE tasks SET worker = ?2, dispatched = 0, not_before_ms = NULL WHERE id = ?1",
-            params![task.to_string(), worker.as_str()],
-        )?;
-        self.tx.execute(
-            "INSERT INTO attempts (task_id, attempt, worker, session, assigned_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![task.to_string(), attempt, worker.as_str(), session.to_string(), now],
-        )?;
+        self.tx
+            .prepare_cached(
+                "UPDATE tasks SET worker = ?2, dispatched = 0, not_before_ms = NULL WHERE id = ?1",
+            )?
+            .execute(params![task.to_string(), worker.as_str()])?;
+        self.tx.prepare_cached(
+            "INSERT INTO attempts (task_id, attempt, worker, session, assigned_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)")?.execute(params![task.to_string(), attempt, worker.as_str(), session.to_string(), now])?;
         self.set_state(task, TaskState::Assigned, attempt, None, now)
     }
 
     /// The run order of the current attempt was accepted by JetStream.
     pub fn set_dispatched(&self, task: &TaskId, attempt: u32) -> Result<(), BoardError> {
-        self.tx.execute(
-            "UPDATE tasks SET dispatched = 1 WHERE id = ?1 AND attempt = ?2",
-            params![task.to_string(), attempt],
-        )?;
+        self.tx
+            .prepare_cached("UPDATE tasks SET dispatched = 1 WHERE id = ?1 AND attempt = ?2")?
+            .execute(params![task.to_string(), attempt])?;
         Ok(())
     }
 
@@ -158,10 +167,8 @@ impl<'a> BoardTx<'a> {
         incarnation: &uuid::Uuid,
         now: i64,
     ) -> Result<(), BoardError> {
-        self.tx.execute(
-            "UPDATE attempts SET started_at_ms = ?3, incarnation = ?4, pane = 'starting' WHERE task_id = ?1 AND attempt = ?2",
-            params![task.to_string(), attempt, now, incarnation.to_string()],
-        )?;
+        self.tx.prepare_cached(
+            "UPDATE attempts SET started_at_ms = ?3, incarnation = ?4, pane = 'starting' WHERE task_id = ?1 AND attempt = ?2")?.execute(params![task.to_string(), attempt, now, incarnation.to_string()])?;
         self.set_state(task, TaskState::Running, attempt, None, now)
     }
 
@@ -176,11 +183,13 @@ impl<'a> BoardTx<'a> {
         usage: Option<&Usage>,
         now: i64,
     ) -> Result<(), BoardError> {
-        self.tx.execute(
-            "UPDATE attempts SET ended_at_ms = ?3, outcome = ?4, exit_code = ?5, reason = ?6,
+        self.tx
+            .prepare_cached(
+                "UPDATE attempts SET ended_at_ms = ?3, outcome = ?4, exit_code = ?5, reason = ?6,
                  usage = COALESCE(?7, usage), current_tool = NULL
              WHERE task_id = ?1 AND attempt = ?2",
-            params![
+            )?
+            .execute(params![
                 task.to_string(),
                 attempt,
                 now,
@@ -188,8 +197,7 @@ impl<'a> BoardTx<'a> {
                 exit_code,
                 reason,
                 usage.map(json)
-            ],
-        )?;
+            ])?;
         Ok(())
     }
 
@@ -202,26 +210,28 @@ impl<'a> BoardTx<'a> {
         current_tool: Option<&str>,
         usage: &Usage,
     ) -> Result<(), BoardError> {
-        self.tx.execute(
-            "UPDATE attempts SET pane = ?3, last_event_ms = ?4, current_tool = ?5, usage = ?6
+        self.tx
+            .prepare_cached(
+                "UPDATE attempts SET pane = ?3, last_event_ms = ?4, current_tool = ?5, usage = ?6
              WHERE task_id = ?1 AND attempt = ?2",
-            params![
+            )?
+            .execute(params![
                 task.to_string(),
                 attempt,
                 pane,
                 last_event_ms,
                 current_tool,
                 json(usage)
-            ],
-        )?;
+            ])?;
         Ok(())
     }
 
     pub fn set_cancel_requested(&self, task: &TaskId, now: i64) -> Result<(), BoardError> {
-        self.tx.execute(
-            "UPDATE tasks SET cancel_requested = 1, updated_at_ms = ?2 WHERE id = ?1",
-            params![task.to_string(), now],
-        )?;
+        self.tx
+            .prepare_cached(
+                "UPDATE tasks SET cancel_requested = 1, updated_at_ms = ?2 WHERE id = ?1",
+            )?
+            .execute(params![task.to_string(), now])?;
         Ok(())
     }
 
@@ -234,10 +244,11 @@ impl<'a> BoardTx<'a> {
         reason: &str,
         now: i64,
     ) -> Result<(), BoardError> {
-        self.tx.execute(
-            "UPDATE tasks SET worker = NULL, dispatched = 0, not_before_ms = ?2 WHERE id = ?1",
-            params![task.to_string(), not_before_ms],
-        )?;
+        self.tx
+            .prepare_cached(
+                "UPDATE tasks SET worker = NULL, dispatched = 0, not_before_ms = ?2 WHERE id = ?1",
+            )?
+            .execute(params![task.to_string(), not_before_ms])?;
         self.set_state(task, TaskState::Queued, attempt, Some(reason), now)
     }
 

@@ -55,8 +55,11 @@ pub struct Core {
     pub counters: BTreeMap<&'static str, u64>,
     /// Stale runs already sent a cancel.
     fenced: HashSet<(TaskId, u32)>,
-    /// Something changed that may let a queued task be placed.
-    dirty: bool,
+    /// The fleet changed (joined, left, new tags or slots): every queued
+    /// task is judged again.
+    fleet_changed: bool,
+    /// A slot came free: waiting tasks are placed until the slots are taken.
+    slots_freed: bool,
     /// Hosts and the tags each may advertise; claims are not checked
     /// against identities when absent (see [`crate::claims`]).
     pub hosts: Option<broker::identity::Registry>,
@@ -71,7 +74,8 @@ impl Core {
             outbox: Vec::new(),
             counters: BTreeMap::new(),
             fenced: HashSet::new(),
-            dirty: true,
+            fleet_changed: true,
+            slots_freed: false,
             hosts: None,
         }
     }
@@ -93,8 +97,9 @@ impl Core {
         *self.counters.entry(what).or_default() += 1;
     }
 
-    pub fn mark_dirty(&mut self) {
-        self.dirty = true;
+    /// Makes the next pass judge every queued task again.
+    pub fn mark_fleet_changed(&mut self) {
+        self.fleet_changed = true;
     }
 
     fn emit(
@@ -157,7 +162,7 @@ impl Core {
         let active = Active::new(spec);
         self.emit(&id, Some(&active), TaskState::Queued, None, now_ms);
         self.tasks.insert(active);
-        self.dirty = true;
+        // A new task is fresh: the next pass judges it.
         Ok((true, TaskState::Queued))
     }
 
@@ -192,7 +197,7 @@ impl Core {
         tx.set_state(id, state, a.attempt, reason, now_ms)?;
         tracing::info!(task_id = %id, attempt = a.attempt, state = %state, reason = reason.unwrap_or(""), "task ended");
         self.emit(id, Some(&a), state, reason, now_ms);
-        self.dirty = true;
+        self.slots_freed = true;
         Ok(())
     }
 
@@ -253,7 +258,7 @@ impl Core {
         tracing::info!(task_id = %id, attempt, reason, "task queued again");
         let a = self.tasks.get(id).cloned();
         self.emit(id, a.as_ref(), TaskState::Queued, Some(reason), now_ms);
-        self.dirty = true;
+        self.slots_freed = true;
         Ok(())
     }
 
@@ -438,16 +443,16 @@ impl Core {
             PresenceChange::Joined | PresenceChange::Returned => {
                 tracing::info!(worker = %worker, "worker online");
                 self.worker_event(&worker, WorkerState::Online, "heartbeat", now_ms);
-                self.dirty = true;
+                self.fleet_changed = true;
             }
             PresenceChange::AdvertChanged => {
                 tracing::info!(worker = %worker, "worker advert changed");
-                self.dirty = true;
+                self.fleet_changed = true;
             }
             PresenceChange::Restarted { old } => {
                 tracing::info!(worker = %worker, old_incarnation = %old, "worker restarted");
                 self.worker_event(&worker, WorkerState::Online, "restarted", now_ms);
-                self.dirty = true;
+                self.fleet_changed = true;
             }
             PresenceChange::Leaving => {
                 self.worker_gone(tx, &worker, "worker left", now_ms)?;
@@ -543,7 +548,7 @@ impl Core {
                 _ => {}
             }
         }
-        self.dirty = true;
+        self.fleet_changed = true;
         Ok(())
     }
 
@@ -553,14 +558,22 @@ impl Core {
             self.worker_gone(tx, &worker, "worker silent", now_ms)?;
         }
         let mut expired = Vec::new();
+        let mut due = Vec::new();
         for id in self.tasks.queued() {
             if let Some(a) = self.tasks.get(&id) {
                 if a.spec.limits.deadline_ms.is_some_and(|d| d <= now_ms) {
                     expired.push(id);
                 } else if a.not_before_ms.is_some_and(|t| t <= now_ms) {
-                    self.dirty = true;
+                    due.push(id);
                 }
             }
+        }
+        for id in due {
+            // Backoff over: fresh again, so the next pass judges it.
+            self.tasks.update(&id, |a| {
+                a.not_before_ms = None;
+                a.parked = None;
+            });
         }
         for id in expired {
             self.finish(
@@ -588,51 +601,76 @@ impl Core {
             .collect()
     }
 
-    /// Places every queued task it can, oldest first; records why the rest wait.
+    /// Places what it can, oldest first, and records why the rest wait.
+    /// After a fleet change every queued task is judged; after a slot came
+    /// free, waiting tasks until the free slots are taken; always, the
+    /// tasks not judged yet. So a turn costs what changed, not the queue.
     pub fn place_all(&mut self, tx: &BoardTx<'_>, now_ms: i64) -> Result<(), BoardError> {
-        if !std::mem::take(&mut self.dirty) {
+        let full = std::mem::take(&mut self.fleet_changed);
+        let freed = std::mem::take(&mut self.slots_freed);
+        if !full && !freed && !self.tasks.has_fresh() {
             return Ok(());
         }
         let mut views = self.views();
         let mut free: u32 = views.iter().filter(|w| w.online).map(|w| w.free()).sum();
-        for id in self.tasks.queued() {
-            let Some(a) = self.tasks.get(&id) else {
-                continue;
-            };
-            if a.not_before_ms.is_some_and(|t| t > now_ms) {
-                continue;
+        if full {
+            for id in self.tasks.queued() {
+                self.consider(tx, id, &mut views, &mut free, now_ms)?;
             }
-            let verdict = if free == 0 && !views.is_empty() && a.parked.is_some() {
-                continue; // nothing can change for it in this pass
-            } else {
-                place(&a.needs, &views)
-            };
-            match verdict {
-                Ok(worker) => {
-                    if let Some(v) = views.iter_mut().find(|v| v.id == worker) {
-                        v.used += 1;
-                    }
-                    free = free.saturating_sub(1);
-                    self.assign(tx, &id, &worker, now_ms)?;
-                }
-                Err(reason) => {
-                    if a.parked.as_ref() != Some(&reason) {
-                        tx.set_parked(&id, Some(&reason))?;
-                        tracing::info!(task_id = %id, reason = %reason, "task parked");
-                        self.tasks.update(&id, |a| a.parked = Some(reason.clone()));
-                        let a = self.tasks.get(&id).cloned();
-                        self.emit(
-                            &id,
-                            a.as_ref(),
-                            TaskState::Queued,
-                            Some(&reason.to_string()),
-                            now_ms,
-                        );
-                    }
-                }
+            return Ok(());
+        }
+        if freed {
+            let mut cursor = None;
+            while free > 0 {
+                let Some(id) = self.tasks.next_waiting(cursor) else {
+                    break;
+                };
+                cursor = Some(id);
+                self.consider(tx, id, &mut views, &mut free, now_ms)?;
             }
         }
+        for id in self.tasks.fresh() {
+            self.consider(tx, id, &mut views, &mut free, now_ms)?;
+        }
         Ok(())
+    }
+
+    /// Places one queued task, or records why it waits.
+    fn consider(
+        &mut self,
+        tx: &BoardTx<'_>,
+        id: TaskId,
+        views: &mut [WorkerView],
+        free: &mut u32,
+        now_ms: i64,
+    ) -> Result<(), BoardError> {
+        let Some(a) = self.tasks.get(&id) else {
+            return Ok(());
+        };
+        if a.not_before_ms.is_some_and(|t| t > now_ms) {
+            return Ok(());
+        }
+        match place(&a.needs, views.iter()) {
+            Ok(worker) => {
+                if let Some(v) = views.iter_mut().find(|v| v.id == worker) {
+                    v.used += 1;
+                }
+                *free = free.saturating_sub(1);
+                self.assign(tx, &id, &worker, now_ms)
+            }
+            Err(reason) => {
+                if a.parked.as_ref() == Some(&reason) {
+                    return Ok(());
+                }
+                tx.set_parked(&id, Some(&reason))?;
+                tracing::info!(task_id = %id, reason = %reason, "task parked");
+                self.tasks.update(&id, |a| a.parked = Some(reason.clone()));
+                let a = self.tasks.get(&id).cloned();
+                let why = reason.to_string();
+                self.emit(&id, a.as_ref(), TaskState::Queued, Some(&why), now_ms);
+                Ok(())
+            }
+        }
     }
 
     fn assign(

@@ -16,6 +16,9 @@ use tokio_util::task::TaskTracker;
 
 use super::core::Action;
 
+/// Orders whose acknowledgements one waiter task awaits.
+const ACK_CHUNK: usize = 256;
+
 pub struct Sender {
     client: async_nats::Client,
     js: jetstream::Context,
@@ -104,12 +107,22 @@ impl Sender {
                         dispatch,
                         ack,
                     });
+                    // Each unawaited ack holds one of the context's in-flight
+                    // permits: hand them to a waiter in chunks, never all at once.
+                    if pending.len() >= ACK_CHUNK {
+                        self.await_acks(std::mem::take(&mut pending));
+                    }
                 }
             }
         }
-        if pending.is_empty() {
-            return;
+        if !pending.is_empty() {
+            self.await_acks(pending);
         }
+    }
+
+    /// Waits for a chunk of order acknowledgements off the loop, sending again
+    /// what failed, then reports the dispatched run orders.
+    fn await_acks(&self, pending: Vec<Pending>) {
         let js = self.js.clone();
         let done_tx = self.dispatched.clone();
         let shutdown = self.shutdown.clone();

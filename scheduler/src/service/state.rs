@@ -76,6 +76,11 @@ pub struct Tasks {
     active: HashMap<TaskId, Active>,
     /// Queued task ids; UUIDv7 order is submission order.
     queue: BTreeSet<TaskId>,
+    /// Queued tasks a freed slot may place: not parked for want of a
+    /// qualifying worker (those wait for the fleet to change).
+    waiting: BTreeSet<TaskId>,
+    /// Queued tasks not yet judged by placement (new, requeued, backoff over).
+    fresh: BTreeSet<TaskId>,
     /// Assigned and running tasks per worker: its used slots.
     by_worker: HashMap<WorkerId, HashSet<TaskId>>,
 }
@@ -91,6 +96,16 @@ impl Tasks {
         match task.state {
             TaskState::Queued => {
                 self.queue.insert(*id);
+                match &task.parked {
+                    None => {
+                        self.fresh.insert(*id);
+                        self.waiting.insert(*id);
+                    }
+                    Some(ParkReason::Busy { .. } | ParkReason::Backoff { .. }) => {
+                        self.waiting.insert(*id);
+                    }
+                    Some(ParkReason::NoWorkers | ParkReason::Unmatched { .. }) => {}
+                }
             }
             TaskState::Assigned | TaskState::Running => {
                 if let Some(w) = &task.worker {
@@ -104,6 +119,8 @@ impl Tasks {
     fn unindex(&mut self, id: &TaskId) {
         if let Some(task) = self.active.get(id) {
             self.queue.remove(id);
+            self.waiting.remove(id);
+            self.fresh.remove(id);
             if let Some(w) = &task.worker {
                 if let Some(set) = self.by_worker.get_mut(w) {
                     set.remove(id);
@@ -135,6 +152,28 @@ impl Tasks {
 
     pub fn queued(&self) -> Vec<TaskId> {
         self.queue.iter().copied().collect()
+    }
+
+    /// The first waiting task after `after` (FIFO), for a pass that stops
+    /// as soon as the free slots are taken.
+    pub fn next_waiting(&self, after: Option<TaskId>) -> Option<TaskId> {
+        match after {
+            None => self.waiting.first().copied(),
+            Some(a) => self
+                .waiting
+                .range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+                .next()
+                .copied(),
+        }
+    }
+
+    /// Queued tasks placement has not judged yet.
+    pub fn fresh(&self) -> Vec<TaskId> {
+        self.fresh.iter().copied().collect()
+    }
+
+    pub fn has_fresh(&self) -> bool {
+        !self.fresh.is_empty()
     }
 
     pub fn on_worker(&self, worker: &WorkerId) -> Vec<TaskId> {

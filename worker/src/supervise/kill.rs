@@ -28,6 +28,11 @@ pub struct Tree {
     pub pgid: i32,
     /// Value of [`MARKER_VAR`] in the attempt's environment.
     pub marker: String,
+    /// Inside a pid namespace or a jail, whose end kills every process in it.
+    pub contained: bool,
+    /// The agent's start time (clock ticks since boot): processes older than
+    /// it cannot be of this attempt, so their environment is not read.
+    pub since: u64,
 }
 
 impl Tree {
@@ -40,7 +45,7 @@ impl Tree {
             .map(|p| p.pid)
             .collect();
         pids.extend(procfs::descendants(&procs, self.pgid));
-        pids.extend(procfs::marked(&procs, MARKER_VAR, &self.marker));
+        pids.extend(procfs::marked(&procs, MARKER_VAR, &self.marker, self.since));
         if procs.is_empty() {
             // No procfs: the group is all we can see.
             if killpg(Pid::from_raw(self.pgid), None).is_ok() {
@@ -50,6 +55,11 @@ impl Tree {
         pids.sort_unstable();
         pids.dedup();
         pids
+    }
+
+    /// SIGKILL to the process group only: one system call.
+    pub fn kill_group(&self) {
+        let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
     }
 
     fn signal(&self, signal: Signal) -> Vec<i32> {

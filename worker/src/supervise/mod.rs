@@ -111,6 +111,7 @@ impl Supervised {
     pub fn new(
         mut child: Child,
         marker: String,
+        contained: bool,
         cleanup: Vec<Vec<String>>,
         plan: Option<SessionPlan>,
     ) -> Option<Supervised> {
@@ -127,6 +128,8 @@ impl Supervised {
             tree: Tree {
                 pgid: pid as i32,
                 marker,
+                contained,
+                since: procfs::process(pid as i32).map_or(0, |p| p.start),
             },
             session,
             cleanup,
@@ -206,7 +209,13 @@ impl Supervised {
             Some(_) => limits.kill_grace,
             None => limits.kill_grace.min(Duration::from_secs(1)),
         };
-        self.tree.kill(grace).await;
+        if forced.is_none() && self.tree.contained {
+            // Exited by itself inside a sandbox whose end took every process
+            // with it: only the launcher's group can be left to kill.
+            self.tree.kill_group();
+        } else {
+            self.tree.kill(grace).await;
+        }
         let status = match status {
             Some(s) => Some(s),
             None => tokio::time::timeout(Duration::from_secs(5), self.child.wait())

@@ -12,6 +12,8 @@ pub struct Proc {
     pub ppid: i32,
     pub pgrp: i32,
     pub state: char,
+    /// Start time, clock ticks since boot (field 22 of `stat`).
+    pub start: u64,
 }
 
 impl Proc {
@@ -32,11 +34,14 @@ pub fn parse_stat(line: &str) -> Option<Proc> {
     let state = rest.next()?.chars().next()?;
     let ppid = rest.next()?.parse().ok()?;
     let pgrp = rest.next()?.parse().ok()?;
+    // Fields 6 to 21 (session ... itrealvalue), then starttime.
+    let start = rest.nth(16).and_then(|s| s.parse().ok()).unwrap_or(0);
     Some(Proc {
         pid,
         ppid,
         pgrp,
         state,
+        start,
     })
 }
 
@@ -82,12 +87,12 @@ pub fn descendants(procs: &[Proc], root: i32) -> Vec<i32> {
 
 /// Live processes whose environment holds `VAR=value` exactly: the
 /// attempt's marker survives `setsid` and reparenting.
-pub fn marked(procs: &[Proc], var: &str, value: &str) -> Vec<i32> {
+pub fn marked(procs: &[Proc], var: &str, value: &str, since: u64) -> Vec<i32> {
     let needle = format!("{var}={value}");
     let me = std::process::id() as i32;
     procs
         .iter()
-        .filter(|p| p.is_alive() && p.pid != me)
+        .filter(|p| p.is_alive() && p.pid != me && p.start >= since)
         .filter(|p| {
             fs::read(format!("/proc/{}/environ", p.pid))
                 .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
@@ -103,14 +108,18 @@ mod tests {
 
     #[test]
     fn stat_with_spaces_and_parens_in_name() {
-        let p = parse_stat("1234 (a b) c)) S 1 1234 1234 0 -1").unwrap();
+        let p = parse_stat(
+            "1234 (a b) c)) S 1 1234 1234 0 -1 4194560 93 0 0 0 0 0 0 0 20 0 1 0 5678 1000 10",
+        )
+        .unwrap();
         assert_eq!(
             p,
             Proc {
                 pid: 1234,
                 ppid: 1,
                 pgrp: 1234,
-                state: 'S'
+                state: 'S',
+                start: 5678,
             }
         );
     }
@@ -123,30 +132,35 @@ mod tests {
                 ppid: 1,
                 pgrp: 10,
                 state: 'S',
+                start: 0,
             },
             Proc {
                 pid: 11,
                 ppid: 10,
                 pgrp: 10,
                 state: 'S',
+                start: 0,
             },
             Proc {
                 pid: 12,
                 ppid: 11,
                 pgrp: 12,
                 state: 'S',
+                start: 0,
             },
             Proc {
                 pid: 13,
                 ppid: 11,
                 pgrp: 12,
                 state: 'Z',
+                start: 0,
             },
             Proc {
                 pid: 20,
                 ppid: 1,
                 pgrp: 20,
                 state: 'S',
+                start: 0,
             },
         ];
         let mut d = descendants(&procs, 10);
