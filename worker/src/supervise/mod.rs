@@ -209,10 +209,13 @@ impl Supervised {
             Some(_) => limits.kill_grace,
             None => limits.kill_grace.min(Duration::from_secs(1)),
         };
-        if forced.is_none() && self.tree.contained {
-            // Exited by itself inside a sandbox whose end took every process
-            // with it: only the launcher's group can be left to kill.
+        if forced.is_none() {
+            // Exited by itself. In a sandbox, its end took every process with
+            // it; unconfined, one look finds what it left running, if anything.
             self.tree.kill_group();
+            if !self.tree.contained && !self.tree.members().is_empty() {
+                self.tree.kill(grace).await;
+            }
         } else {
             self.tree.kill(grace).await;
         }
