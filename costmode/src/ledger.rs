@@ -154,6 +154,14 @@ impl Ledger {
         out
     }
 
+    /// Whether the head holds nothing but the segment's link and summary:
+    /// then a segment with no turns cannot be made smaller by a rollover.
+    pub fn head_is_only_carried(&self) -> bool {
+        self.head
+            .iter()
+            .all(|e| matches!(e.event, Event::Summary(_) | Event::Segment { .. }))
+    }
+
     /// Splits off the tail of the current turn from its oldest open tool
     /// call on (empty when no tool call is open), for a rollover: that part
     /// moves to the new segment so a call stays with its result.

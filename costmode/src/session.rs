@@ -246,11 +246,14 @@ impl SessionCost {
 
     fn roll_over(&mut self, why: Over, mode: CostMode, actions: &mut Vec<Action>) {
         let tail = self.ledger.split_open_tail();
-        if self.ledger.turns.is_empty() {
+        if self.ledger.turns.is_empty() && self.ledger.head_is_only_carried() {
             // Everything would move: a new segment would be no smaller.
             self.ledger.push_turn(tail);
             return;
         }
+        // Regression (a 200,000-line flood of a plain-text agent grew the
+        // worker by 284 MiB): output before any turn sits in the head, and
+        // refusing to roll a turn-less segment over let it grow for ever.
         let reason = why.to_string();
         let summary = compact::summarise_all(&self.ledger, mode, &reason);
         if !tail.is_empty() {
@@ -490,6 +493,22 @@ pub(crate) mod tests {
         for f in &d.files[1..] {
             assert!(f.len() as u64 <= CostMode::Smart.limits().session_bytes + 100_000);
         }
+    }
+
+    #[test]
+    fn r_flood_output_before_any_turn_rolls_over_and_stays_bounded() {
+        // Regression: a plain-text agent's flood never starts a turn; its
+        // segment must still roll over instead of growing without bound.
+        let mut d = Driver::new(ModeSource::Fleet(CostMode::Fast), CostMode::Fast, 10_000);
+        for _ in 0..500 {
+            d.append(Event::Raw {
+                stream: broker::messages::session::Stream::Stdout,
+                text: "x".into(),
+                len: 1,
+            });
+        }
+        assert!(d.cost.stats().rollovers >= 5, "{:?}", d.cost.stats());
+        assert!(d.cost.state().bytes <= 600_000, "{:?}", d.cost.state());
     }
 
     #[test]

@@ -87,9 +87,17 @@ async fn until_end(sub: &mut async_nats::Subscriber) -> anyhow::Result<Vec<Sessi
     }
 }
 
+/// The session's transcript: its first segment, then each rolled-over one
+/// (`<session>.<n>.jsonl`) in order.
 fn transcript(state_dir: &Path, session: &SessionId) -> anyhow::Result<Vec<SessionEvent>> {
-    let path = state_dir.join("sessions").join(format!("{session}.jsonl"));
-    let text = std::fs::read_to_string(&path)?;
+    let dir = state_dir.join("sessions");
+    let mut text = std::fs::read_to_string(dir.join(format!("{session}.jsonl")))?;
+    for n in 1.. {
+        match std::fs::read_to_string(dir.join(format!("{session}.{n}.jsonl"))) {
+            Ok(more) => text.push_str(&more),
+            Err(_) => break,
+        }
+    }
     text.lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
 }
 

@@ -46,8 +46,18 @@ fn lifecycle_and_pagination() {
         .unwrap();
     tx.attempt_started(&specs[0].id, 1, &uuid::Uuid::new_v4(), 3)
         .unwrap();
-    tx.attempt_ended(&specs[0].id, 1, Outcome::Succeeded, Some(0), None, None, 4)
-        .unwrap();
+    tx.attempt_ended(
+        &specs[0].id,
+        1,
+        &super::AttemptEnd {
+            outcome: Outcome::Succeeded,
+            exit_code: Some(0),
+            reason: None,
+            usage: None,
+        },
+        4,
+    )
+    .unwrap();
     tx.set_state(&specs[0].id, TaskState::Succeeded, 1, None, 4)
         .unwrap();
     tx.commit().unwrap();

@@ -24,6 +24,15 @@ pub struct ActiveRow {
     pub tries: u32,
 }
 
+/// How an attempt ended, as its worker reported it.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptEnd<'a> {
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    pub reason: Option<&'a str>,
+    pub usage: Option<&'a Usage>,
+}
+
 pub struct BoardTx<'a> {
     tx: Transaction<'a>,
 }
@@ -172,15 +181,12 @@ impl<'a> BoardTx<'a> {
         self.set_state(task, TaskState::Running, attempt, None, now)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Records how the current attempt ended.
     pub fn attempt_ended(
         &self,
         task: &TaskId,
         attempt: u32,
-        outcome: Outcome,
-        exit_code: Option<i32>,
-        reason: Option<&str>,
-        usage: Option<&Usage>,
+        end: &AttemptEnd<'_>,
         now: i64,
     ) -> Result<(), BoardError> {
         self.tx
@@ -193,10 +199,40 @@ impl<'a> BoardTx<'a> {
                 task.to_string(),
                 attempt,
                 now,
-                outcome_str(outcome),
-                exit_code,
-                reason,
-                usage.map(json)
+                outcome_str(end.outcome),
+                end.exit_code,
+                end.reason,
+                end.usage.map(json)
+            ])?;
+        Ok(())
+    }
+
+    /// Records how a no-longer-current attempt ended, when its own worker
+    /// reports it late (after a lease ended or the task moved on). The
+    /// task is not changed; only the attempt's history is completed.
+    pub fn late_attempt_ended(
+        &self,
+        task: &TaskId,
+        attempt: u32,
+        worker: &WorkerId,
+        end: &AttemptEnd<'_>,
+        now: i64,
+    ) -> Result<(), BoardError> {
+        self.tx
+            .prepare_cached(
+                "UPDATE attempts SET ended_at_ms = COALESCE(ended_at_ms, ?4), outcome = ?5, exit_code = ?6,
+                     reason = ?7, usage = COALESCE(?8, usage), current_tool = NULL
+                 WHERE task_id = ?1 AND attempt = ?2 AND worker = ?3 AND outcome IS NULL",
+            )?
+            .execute(params![
+                task.to_string(),
+                attempt,
+                worker.as_str(),
+                now,
+                outcome_str(end.outcome),
+                end.exit_code,
+                end.reason,
+                end.usage.map(json)
             ])?;
         Ok(())
     }

@@ -21,7 +21,7 @@ use broker::messages::{
 use broker::{subjects, SessionId, TaskId, WorkerId};
 use bytes::Bytes;
 
-use crate::board::{BoardError, BoardTx};
+use crate::board::{AttemptEnd, BoardError, BoardTx};
 use crate::fleet::{Fleet, PresenceChange};
 use crate::placement::{place, WorkerView};
 
@@ -308,7 +308,21 @@ impl Core {
             }
             self.count("stale_reports");
             tracing::debug!(task_id = %id, attempt = report.attempt, worker = %report.worker, kind = report.body.kind(), "stale report ignored");
-            if !matches!(report.body, ReportBody::Finished { .. }) {
+            if let ReportBody::Finished {
+                outcome,
+                exit_code,
+                reason,
+                ..
+            } = &report.body
+            {
+                let end = AttemptEnd {
+                    outcome: *outcome,
+                    exit_code: *exit_code,
+                    reason: reason.as_deref(),
+                    usage: None,
+                };
+                tx.late_attempt_ended(&id, report.attempt, &report.worker, &end, now_ms)?;
+            } else {
                 self.fence(
                     &report.worker,
                     id,
@@ -371,15 +385,13 @@ impl Core {
                 usage,
             } => {
                 let reason = reason.or_else(|| signal.map(|s| format!("killed by signal {s}")));
-                tx.attempt_ended(
-                    &id,
-                    a.attempt,
+                let end = AttemptEnd {
                     outcome,
                     exit_code,
-                    reason.as_deref(),
-                    usage.as_ref(),
-                    now_ms,
-                )?;
+                    reason: reason.as_deref(),
+                    usage: usage.as_ref(),
+                };
+                tx.attempt_ended(&id, a.attempt, &end, now_ms)?;
                 if a.state == TaskState::Assigned {
                     self.tasks.update(&id, |a| a.tries += 1);
                 }
