@@ -7,6 +7,9 @@
 //! task needing only `linux` leaves the GPU host free; ties go to the most
 //! free slots, then to the worker id, so the choice is deterministic.
 //!
+//! A task continuing an earlier session qualifies only on the worker that
+//! ran it (its transcript is there); while that worker is away it waits.
+//!
 //! With no such worker the task is parked with a [`ParkReason`] computed
 //! against the closest worker (fewest missing tags).
 
@@ -36,6 +39,8 @@ impl WorkerView {
 pub struct TaskNeeds {
     pub capabilities: TagSet,
     pub agent: Tag,
+    /// A continued session runs only on the worker holding its transcript.
+    pub home: Option<WorkerId>,
 }
 
 impl TaskNeeds {
@@ -44,6 +49,7 @@ impl TaskNeeds {
         worker.online
             && worker.agents.contains(&self.agent)
             && self.capabilities.is_subset(&worker.tags)
+            && self.home.as_ref().is_none_or(|h| *h == worker.id)
     }
 }
 
@@ -93,6 +99,11 @@ pub fn place<'a>(
     if qualifying > 0 {
         return Err(ParkReason::Busy { qualifying });
     }
+    if let Some(home) = &task.home {
+        return Err(ParkReason::Home {
+            worker: home.clone(),
+        });
+    }
     match closest {
         Some((worker, _)) if any_online => Err(ParkReason::Unmatched {
             closest: worker.id.clone(),
@@ -127,6 +138,7 @@ mod tests {
         TaskNeeds {
             capabilities: tags(t),
             agent: Tag::parse("command").unwrap(),
+            home: None,
         }
     }
 
@@ -201,6 +213,25 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_continued_session_goes_home_or_waits_for_it() {
+        let ws = [
+            worker("a", &["linux"], 4, 0),
+            worker("home", &["linux", "gpu"], 4, 0),
+        ];
+        let mut n = needs(&["linux"]);
+        n.home = Some(WorkerId::parse("home").unwrap());
+        assert_eq!(place(&n, &ws).unwrap().as_str(), "home");
+        let mut away = ws.clone();
+        away[1].online = false;
+        assert_eq!(
+            place(&n, &away),
+            Err(ParkReason::Home {
+                worker: WorkerId::parse("home").unwrap()
+            })
+        );
     }
 
     #[test]

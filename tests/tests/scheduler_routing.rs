@@ -220,3 +220,46 @@ async fn cancel_of_a_queued_task_is_immediate_and_of_a_running_one_reaches_the_w
         .await?;
     env.scheduler.stop().await
 }
+
+#[tokio::test]
+async fn a_continued_session_runs_where_its_transcript_is_or_waits_for_it() -> anyhow::Result<()> {
+    let env = env().await?;
+    let mut home = env.worker("home", &["linux", "gpu"], 2).await?;
+    let first = task("first session", &["linux"]);
+    env.board.create(&first).await?;
+    let run = home.next_run(T).await?;
+    home.started(&run).await?;
+    home.finished(&run, Outcome::Succeeded).await?;
+    env.board
+        .wait_state(&first.id, TaskState::Succeeded, T)
+        .await?;
+
+    // A tighter fit is free, but the transcript is on `home`.
+    let mut plain = env.worker("plain", &["linux"], 2).await?;
+    let mut next = task("continue it", &["linux"]);
+    next.continue_session = Some(run.session);
+    env.board.create(&next).await?;
+    assert_eq!(home.next_run(T).await?.task.id, next.id);
+    assert!(plain.no_order_within(Duration::from_millis(200)).await);
+
+    // With `home` gone, a continuation waits for it, with the reason.
+    home.go_silent();
+    let mut later = task("continue again", &["linux"]);
+    later.continue_session = Some(run.session);
+    env.board.create(&later).await?;
+    let d = env
+        .board
+        .wait_for(&later.id, "parked for home", Duration::from_secs(30), |d| {
+            matches!(d.summary.parked, Some(ParkReason::Home { .. }))
+        })
+        .await?;
+    assert_eq!(d.summary.state, TaskState::Queued);
+    assert!(plain.no_order_within(Duration::from_millis(200)).await);
+
+    // An unknown session is refused, never started from nothing.
+    let mut orphan = task("continue nothing", &["linux"]);
+    orphan.continue_session = Some(broker::SessionId::new());
+    let err = env.board.create(&orphan).await.unwrap_err().to_string();
+    assert!(err.contains("continue_session"), "{err}");
+    env.scheduler.stop().await
+}

@@ -96,6 +96,8 @@ pub enum ParkReason {
     Busy { qualifying: u32 },
     /// Waiting out retry backoff.
     Backoff { until_ms: i64 },
+    /// A continued session waits for the worker holding its transcript.
+    Home { worker: WorkerId },
 }
 
 impl fmt::Display for ParkReason {
@@ -123,6 +125,12 @@ impl fmt::Display for ParkReason {
             }
             ParkReason::Busy { qualifying } => {
                 write!(f, "all {qualifying} qualifying workers are full")
+            }
+            ParkReason::Home { worker } => {
+                write!(
+                    f,
+                    "waiting for worker {worker}, which holds the session's transcript"
+                )
             }
             ParkReason::Backoff { until_ms } => {
                 write!(

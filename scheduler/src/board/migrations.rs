@@ -73,6 +73,11 @@ const MIGRATIONS: &[&str] = &[
             ON CONFLICT(state) DO UPDATE SET n = n + 1;
     END;
     "#,
+    // 2: continued sessions run where their transcript is.
+    r#"
+    ALTER TABLE tasks ADD COLUMN home_worker TEXT;
+    CREATE INDEX attempts_by_session ON attempts(session);
+    "#,
 ];
 
 /// Brings the schema to the newest version.

@@ -22,6 +22,8 @@ pub struct ActiveRow {
     /// Attempts that reached a worker and ran or ended (counted against
     /// the retry policy); unstarted assignments moved elsewhere do not count.
     pub tries: u32,
+    /// A continued session's worker (the one holding its transcript).
+    pub home: Option<WorkerId>,
 }
 
 /// How an attempt ended, as its worker reported it.
@@ -288,6 +290,24 @@ impl<'a> BoardTx<'a> {
         self.set_state(task, TaskState::Queued, attempt, Some(reason), now)
     }
 
+    /// The worker that ran `session` (and holds its transcript), if any.
+    pub fn session_home(&self, session: &SessionId) -> Result<Option<WorkerId>, BoardError> {
+        let worker: Option<String> = self
+            .tx
+            .prepare_cached("SELECT worker FROM attempts WHERE session = ?1 LIMIT 1")?
+            .query_row([session.to_string()], |r| r.get(0))
+            .optional()?;
+        Ok(worker.and_then(|w| WorkerId::parse(&w).ok()))
+    }
+
+    /// Pins a continued session's task to the worker holding its transcript.
+    pub fn set_home(&self, task: &TaskId, worker: &WorkerId) -> Result<(), BoardError> {
+        self.tx
+            .prepare_cached("UPDATE tasks SET home_worker = ?2 WHERE id = ?1")?
+            .execute(params![task.to_string(), worker.as_str()])?;
+        Ok(())
+    }
+
     /// The state of a task, if it exists.
     pub fn task_state(&self, task: &TaskId) -> Result<Option<TaskState>, BoardError> {
         let state: Option<String> = self
@@ -308,7 +328,8 @@ pub(super) fn load_active(conn: &Connection) -> Result<Vec<ActiveRow>, BoardErro
         "SELECT t.id, t.spec, t.state, t.attempt, t.worker, t.cancel_requested, t.not_before_ms, t.dispatched,
                 a.session, a.incarnation,
                 (SELECT COUNT(*) FROM attempts x WHERE x.task_id = t.id
-                     AND (x.started_at_ms IS NOT NULL OR x.outcome IS NOT NULL))
+                     AND (x.started_at_ms IS NOT NULL OR x.outcome IS NOT NULL)),
+                t.home_worker
          FROM tasks t LEFT JOIN attempts a ON a.task_id = t.id AND a.attempt = t.attempt
          WHERE t.state IN ('queued', 'assigned', 'running')
          ORDER BY t.id",
@@ -326,6 +347,7 @@ pub(super) fn load_active(conn: &Connection) -> Result<Vec<ActiveRow>, BoardErro
             r.get::<_, Option<String>>(8)?,
             r.get::<_, Option<String>>(9)?,
             r.get::<_, u32>(10)?,
+            r.get::<_, Option<String>>(11)?,
         ))
     })?;
     let mut out = Vec::new();
@@ -342,6 +364,7 @@ pub(super) fn load_active(conn: &Connection) -> Result<Vec<ActiveRow>, BoardErro
             session,
             incarnation,
             tries,
+            home,
         ) = row?;
         let corrupt = |detail: String| BoardError::Corrupt {
             task: id.clone(),
@@ -365,6 +388,7 @@ pub(super) fn load_active(conn: &Connection) -> Result<Vec<ActiveRow>, BoardErro
             not_before_ms,
             dispatched,
             tries,
+            home: home.and_then(|w| WorkerId::parse(&w).ok()),
         });
     }
     Ok(out)

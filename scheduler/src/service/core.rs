@@ -150,6 +150,20 @@ impl Core {
     ) -> Result<(bool, TaskState), SubmitError> {
         spec.validate()?;
         let id = spec.id;
+        // A continued session runs where its transcript is; never from nothing.
+        let home = match &spec.continue_session {
+            Some(session) => match tx.session_home(session)? {
+                Some(worker) => Some(worker),
+                None if tx.task_state(&id)?.is_some() => None,
+                None => {
+                    return Err(SubmitError::Invalid(TaskSpecError::Invalid {
+                        field: "continue_session",
+                        rule: format!("no session {session} on the board to continue"),
+                    }))
+                }
+            },
+            None => None,
+        };
         if !tx.insert_task(&spec, TaskState::Queued, None, now_ms)? {
             let state = match self.tasks.get(&id) {
                 Some(a) => a.state,
@@ -159,7 +173,11 @@ impl Core {
             return Ok((false, state));
         }
         tracing::info!(task_id = %id, title = %spec.title, capabilities = %spec.capabilities, "task queued");
-        let active = Active::new(spec);
+        let mut active = Active::new(spec);
+        if let Some(worker) = home {
+            tx.set_home(&id, &worker)?;
+            active.needs.home = Some(worker);
+        }
         self.emit(&id, Some(&active), TaskState::Queued, None, now_ms);
         self.tasks.insert(active);
         // A new task is fresh: the next pass judges it.

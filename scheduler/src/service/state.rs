@@ -38,6 +38,7 @@ impl Active {
         let needs = TaskNeeds {
             capabilities: spec.capabilities.clone(),
             agent: spec.agent.clone(),
+            home: None,
         };
         Active {
             spec: Arc::new(spec),
@@ -57,6 +58,7 @@ impl Active {
 
     pub fn from_row(row: ActiveRow) -> Active {
         let mut a = Active::new(row.spec);
+        a.needs.home = row.home;
         a.state = row.state;
         a.attempt = row.attempt;
         a.worker = row.worker;
@@ -104,7 +106,11 @@ impl Tasks {
                     Some(ParkReason::Busy { .. } | ParkReason::Backoff { .. }) => {
                         self.waiting.insert(*id);
                     }
-                    Some(ParkReason::NoWorkers | ParkReason::Unmatched { .. }) => {}
+                    Some(
+                        ParkReason::NoWorkers
+                        | ParkReason::Unmatched { .. }
+                        | ParkReason::Home { .. },
+                    ) => {}
                 }
             }
             TaskState::Assigned | TaskState::Running => {
