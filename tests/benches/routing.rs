@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
+use async_nats::jetstream::{self, message::PublishMessage};
 use broker::messages::{decode, encode, TaskEvent, TaskSpec, TaskState};
 use broker::{subjects, TagSet, TaskId};
 use futures::StreamExt;
@@ -74,46 +74,55 @@ async fn submit(
 
 /// Raw JetStream: publish one message, receive it on a pull consumer, ack; one at a time.
 async fn raw_hop(nats: &NatsServer, n: usize) -> anyhow::Result<(Duration, Duration, f64)> {
+    // The real path's settings: a worker's order subject on COLIBRI_WORK,
+    // read by a worker's durable consumer, acknowledged per message.
     let client = nats.client().await?;
     let js = jetstream::new(client);
-    let stream = js
-        .create_stream(jetstream::stream::Config {
-            name: "BENCH_RAW".into(),
-            subjects: vec!["bench.raw".into()],
-            ..Default::default()
-        })
-        .await?;
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some("raw".into()),
-            ..Default::default()
-        })
-        .await?;
+    broker::provision::provision_all(&js, &Default::default()).await?;
+    let raw = broker::WorkerId::parse("bench-raw")?;
+    let subject = subjects::work(&raw);
+    let consumer = broker::provision::durable_consumer(
+        &js,
+        broker::provision::WORK_STREAM,
+        broker::provision::worker_consumer_config(&raw),
+    )
+    .await?;
     let mut messages = consumer.messages().await?;
     let mut lat = Vec::with_capacity(n);
-    for _ in 0..n {
+    for i in 0..n {
         let t0 = Instant::now();
-        js.publish("bench.raw", "x".into()).await?.await?;
-        let msg = messages.next().await.context("stream ended")??;
+        tokio::time::timeout(Duration::from_secs(5), async {
+            js.publish(subject.clone(), "x".into()).await?.await
+        })
+        .await
+        .context("publish ack")??;
+        let msg = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .with_context(|| format!("message {i}"))?
+            .context("stream ended")??;
         lat.push(t0.elapsed());
-        msg.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        msg.double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     lat.sort();
     // Throughput ceiling: pipelined publishes, one consumer.
     let burst = n * 4;
     let t0 = Instant::now();
-    let mut acks = Vec::with_capacity(burst);
-    for _ in 0..burst {
-        acks.push(
-            js.send_publish("bench.raw", PublishMessage::build().payload("x".into()))
-                .await?,
-        );
+    // Acks awaited in chunks: each unawaited one holds an in-flight permit.
+    for _ in 0..burst / 1000 {
+        let mut acks = Vec::with_capacity(1000);
+        for _ in 0..1000 {
+            let publish = PublishMessage::build().payload("x".into());
+            acks.push(js.send_publish(subject.clone(), publish).await?);
+        }
+        for a in acks {
+            a.await?;
+        }
     }
-    for a in acks {
-        a.await?;
-    }
-    for _ in 0..burst {
-        let msg = messages.next().await.context("stream ended")??;
+    for i in 0..burst {
+        let msg = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .with_context(|| format!("burst message {i}"))?
+            .context("stream ended")??;
         msg.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let rate = burst as f64 / t0.elapsed().as_secs_f64();
