@@ -86,6 +86,7 @@ mod tests {
             running: vec![],
             interval_ms: 2000,
             leaving: false,
+            cost_mode: None,
             at_ms: 0,
         }
     }

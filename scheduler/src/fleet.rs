@@ -137,6 +137,7 @@ mod tests {
             running: vec![],
             interval_ms: 2000,
             leaving: false,
+            cost_mode: None,
             at_ms: 0,
         }
     }

@@ -58,6 +58,7 @@ impl SimWorker {
             running: vec![],
             interval_ms: HEARTBEAT_INTERVAL_MS,
             leaving: false,
+            cost_mode: None,
             at_ms: 0,
         };
         let running = Arc::new(Mutex::new(Vec::new()));

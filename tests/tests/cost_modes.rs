@@ -127,8 +127,11 @@ async fn set_cost_mode_mid_session_changes_the_next_append() -> anyhow::Result<(
         })
         .await?;
     put(&fleet, COST_MODE_KEY, "max").await?;
-    // Let the worker see `max` before the session starts.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The session starts once the worker applies `max` (its heartbeat says so).
+    let id = w.id.clone();
+    fleet
+        .heartbeat(|hb| hb.worker == id && hb.cost_mode == Some(CostMode::Max))
+        .await?;
     let task = agent_task("pi", None);
     let session = SessionId::new();
     let mut events = fleet
@@ -258,9 +261,14 @@ async fn escalation_stops_at_the_ceiling_then_rolls_over() -> anyhow::Result<()>
                 .insert(sh_profile("pi", PI_ONE_BIG_TURN, &["1400"]));
         })
         .await?;
-    put(&fleet, COST_MODE_KEY, "fast").await?;
+    // The ceiling first: once the worker's heartbeat shows the mode, written
+    // after it, the worker has seen both (one ordered watch).
     put(&fleet, COST_CEILING_KEY, "smart").await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    put(&fleet, COST_MODE_KEY, "fast").await?;
+    let id = w.id.clone();
+    fleet
+        .heartbeat(|hb| hb.worker == id && hb.cost_mode == Some(CostMode::Fast))
+        .await?;
     let task = agent_task("pi", None);
     let session = run(&fleet, &w, &task, CostMode::Fast).await?;
     let (outcome, _, reason) = fleet.finished(&task).await?;

@@ -262,6 +262,7 @@ async fn least_privilege_fleet_runs_tasks_and_checks_claims() -> anyhow::Result<
         running: vec![],
         interval_ms: 2000,
         leaving: false,
+        cost_mode: None,
         at_ms: broker::time_ms::now_ms(),
     };
     debby

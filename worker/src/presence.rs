@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use broker::cost_mode::CostMode;
 use broker::messages::{encode, AttemptRef, Heartbeat};
 use broker::subjects;
 use tracing::warn;
@@ -33,6 +34,7 @@ impl Presence {
                 running: Vec::new(),
                 interval_ms: config.heartbeat_interval.as_millis() as u64,
                 leaving: false,
+                cost_mode: None,
                 at_ms: 0,
             },
             subject: subjects::presence(&config.worker_id),
@@ -40,18 +42,30 @@ impl Presence {
     }
 
     /// The heartbeat for now.
-    pub fn heartbeat(&self, running: Vec<AttemptRef>, leaving: bool) -> Heartbeat {
+    pub fn heartbeat(
+        &self,
+        running: Vec<AttemptRef>,
+        leaving: bool,
+        cost_mode: CostMode,
+    ) -> Heartbeat {
         Heartbeat {
             running,
             leaving,
+            cost_mode: Some(cost_mode),
             at_ms: broker::time_ms::now_ms(),
             ..self.template.clone()
         }
     }
 
     /// Sends a heartbeat (fire and forget: the next one follows shortly).
-    pub async fn send(&self, client: &async_nats::Client, running: Vec<AttemptRef>, leaving: bool) {
-        let hb = self.heartbeat(running, leaving);
+    pub async fn send(
+        &self,
+        client: &async_nats::Client,
+        running: Vec<AttemptRef>,
+        leaving: bool,
+        cost_mode: CostMode,
+    ) {
+        let hb = self.heartbeat(running, leaving, cost_mode);
         if let Err(error) = client.publish(self.subject.clone(), encode(&hb)).await {
             warn!(%error, "heartbeat not sent");
         }

@@ -65,6 +65,7 @@ pub async fn run(
 
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let fleet_cost = crate::cost::watch_fleet(js.clone(), shutdown.child_token());
+    let fleet_mode = fleet_cost.clone();
     let reporter = Reporter::new(js, config.worker_id.clone(), incarnation);
     let sessions = SessionOutput::new(
         client.clone(),
@@ -75,6 +76,7 @@ pub async fn run(
     .with_fleet_cost(fleet_cost);
     let mut state = State {
         presence: Presence::new(&config, incarnation),
+        fleet_mode,
         reporter,
         executor: Executor::new(config.clone()).with_sessions(sessions),
         client,
@@ -163,6 +165,8 @@ struct State {
     config: Arc<WorkerConfig>,
     client: async_nats::Client,
     presence: Presence,
+    /// The fleet cost mode, advertised in every heartbeat.
+    fleet_mode: tokio::sync::watch::Receiver<crate::cost::FleetCost>,
     reporter: Reporter,
     executor: Executor,
     /// Attempts whose Finished report is not stored yet, with their stop switch.
@@ -191,7 +195,10 @@ impl State {
                 _ = shutdown.cancelled() => break,
                 Some(key) = done.recv() => { self.running.remove(&key); }
                 Some(msg) = orders.recv() => self.handle(msg).await,
-                _ = beat.tick() => self.presence.send(&self.client, self.running_list(), false).await,
+                _ = beat.tick() => {
+                    let mode = self.fleet_mode.borrow().mode;
+                    self.presence.send(&self.client, self.running_list(), false, mode).await
+                }
             }
         }
         self.shut_down(done).await;
@@ -324,8 +331,9 @@ impl State {
                 "agents or their reports did not finish within the shutdown grace"
             );
         }
+        let mode = self.fleet_mode.borrow().mode;
         self.presence
-            .send(&self.client, self.running_list(), true)
+            .send(&self.client, self.running_list(), true, mode)
             .await;
         info!("worker stopped");
     }

@@ -32,6 +32,9 @@ pub struct Heartbeat {
     /// Sent once on clean shutdown: the worker takes no more work.
     #[serde(default)]
     pub leaving: bool,
+    /// The fleet cost mode this worker applies now (from the config bucket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_mode: Option<crate::cost_mode::CostMode>,
     pub at_ms: i64,
 }
 
