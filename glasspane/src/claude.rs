@@ -176,9 +176,8 @@ fn claude_usage(u: &Value) -> Usage {
 
 impl Parser for ClaudeParser {
     fn line(&mut self, line: Line, out: &mut Vec<Event>) {
-        let v: Value = match serde_json::from_str(&line.text) {
-            Ok(v @ Value::Object(_)) if !line.cut => v,
-            _ => return out.push(raw(Stream::Stdout, line, &self.limits)),
+        let Some(v) = crate::cut_json::parse_object(&line) else {
+            return out.push(raw(Stream::Stdout, line, &self.limits));
         };
         let null = Value::Null;
         match v.get("type").and_then(Value::as_str).unwrap_or("") {

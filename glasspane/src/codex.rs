@@ -172,9 +172,8 @@ fn str_field(v: &Value, key: &str) -> String {
 
 impl Parser for CodexParser {
     fn line(&mut self, line: Line, out: &mut Vec<Event>) {
-        let v: Value = match serde_json::from_str(&line.text) {
-            Ok(v @ Value::Object(_)) if !line.cut => v,
-            _ => return out.push(raw(Stream::Stdout, line, &self.limits)),
+        let Some(v) = crate::cut_json::parse_object(&line) else {
+            return out.push(raw(Stream::Stdout, line, &self.limits));
         };
         match v.get("type").and_then(Value::as_str).unwrap_or("") {
             "thread.started" => out.push(Event::AgentSession {

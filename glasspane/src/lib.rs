@@ -53,6 +53,7 @@
 
 pub mod claude;
 pub mod codex;
+pub mod cut_json;
 pub mod guard;
 pub mod line_reader;
 pub mod parser;

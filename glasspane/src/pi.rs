@@ -125,9 +125,8 @@ fn opt_u32(v: &Value, key: &str) -> Option<u32> {
 
 impl Parser for PiParser {
     fn line(&mut self, line: Line, out: &mut Vec<Event>) {
-        let v: Value = match serde_json::from_str(&line.text) {
-            Ok(v @ Value::Object(_)) if !line.cut => v,
-            _ => return out.push(raw(Stream::Stdout, line, &self.limits)),
+        let Some(v) = crate::cut_json::parse_object(&line) else {
+            return out.push(raw(Stream::Stdout, line, &self.limits));
         };
         let l = &self.limits;
         match v.get("type").and_then(Value::as_str).unwrap_or("") {
@@ -143,6 +142,11 @@ impl Parser for PiParser {
             }
             "agent_end" => {
                 self.agent_end = true;
+                if line.cut {
+                    // Its message list was cut, so its last assistant message
+                    // may not be the run's: the last `message_end` decides.
+                    return;
+                }
                 let last = v
                     .get("messages")
                     .and_then(Value::as_array)
@@ -323,5 +327,49 @@ mod tests {
         }
         assert_eq!(out.len(), 3);
         assert!(out.iter().all(|e| e.kind() == "raw"));
+    }
+
+    /// A run whose `agent_end` (every message) and one tool result are far
+    /// beyond the line reader's limit: both are still understood.
+    #[tokio::test]
+    async fn lines_cut_by_the_reader_keep_their_meaning() {
+        use crate::line_reader::LineReader;
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/pi/success.jsonl");
+        let fixture = std::fs::read_to_string(path).unwrap();
+        let big = "x".repeat(1 << 20);
+        let mut input = String::new();
+        // Edited as text, so that the members keep pi's order (`type` first).
+        for l in fixture.lines() {
+            let l = if l.starts_with(r#"{"type":"tool_execution_end","toolCallId":"toolu_01A""#) {
+                l.replace("test result: ok. 12 passed", &big)
+            } else if l.starts_with(r#"{"type":"agent_end","messages":["#) {
+                let pad = format!(r#"{{"role":"user","content":[{{"type":"text","text":"{big}"}}]}},"#);
+                l.replacen(r#""messages":["#, &format!(r#""messages":[{pad}"#), 1)
+            } else {
+                l.to_owned()
+            };
+            input.push_str(&l);
+            input.push('\n');
+        }
+        let mut reader = LineReader::new(input.as_bytes());
+        let mut p = PiParser::new(Limits::default());
+        let mut out = Vec::new();
+        let mut cut = 0;
+        while let Some(line) = reader.next_line().await.unwrap() {
+            cut += usize::from(line.cut);
+            p.line(line, &mut out);
+        }
+        assert!(cut >= 2, "the test must cut lines ({cut} cut)");
+        assert!(!out.iter().any(|e| e.kind() == "raw"), "{out:?}");
+        let ends: Vec<_> = out
+            .iter()
+            .filter_map(|e| match e {
+                Event::ToolEnd { id, result, .. } => Some((id.clone(), result.len())),
+                _ => None,
+            })
+            .collect();
+        assert!(ends.iter().any(|(id, len)| id == "toolu_01A" && *len == Limits::default().result));
+        assert_eq!(p.verdict(&AgentExit::success()), Verdict::ok());
     }
 }
