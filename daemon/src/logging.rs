@@ -1,5 +1,9 @@
 //! Logging set-up shared by the daemons: level filter, text or JSON, stderr
 //! or a file that is reopened on SIGHUP (for newsyslog and logrotate).
+//!
+//! A SIGHUP handler is installed whatever the destination: `service ...
+//! reload`, systemd's `ExecReload` and newsyslog send SIGHUP to daemons that
+//! log to stderr too, and SIGHUP's default action would kill them.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -84,8 +88,10 @@ impl<'a> MakeWriter<'a> for ReopenableFile {
     }
 }
 
-/// Installs the global subscriber. With a log file, spawns (inside the
-/// current tokio runtime) a task that reopens it on every SIGHUP.
+/// Installs the global subscriber, and (inside the current tokio runtime) a
+/// SIGHUP handler: with a log file it reopens the file, without one it only
+/// logs that there is nothing to reopen. Either way SIGHUP no longer kills
+/// the process.
 pub fn init(config: &LogConfig) -> anyhow::Result<()> {
     let filter = match &config.level {
         Some(level) => EnvFilter::try_new(level)
@@ -93,36 +99,60 @@ pub fn init(config: &LogConfig) -> anyhow::Result<()> {
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match &config.file {
-        None => match config.format {
-            LogFormat::Text => builder.with_writer(io::stderr).try_init(),
-            LogFormat::Json => builder.json().with_writer(io::stderr).try_init(),
+    let file = match &config.file {
+        None => {
+            match config.format {
+                LogFormat::Text => builder.with_writer(io::stderr).try_init(),
+                LogFormat::Json => builder.json().with_writer(io::stderr).try_init(),
+            }
+            .map_err(|e| anyhow::anyhow!("installing the logger: {e}"))?;
+            None
         }
-        .map_err(|e| anyhow::anyhow!("installing the logger: {e}"))?,
         Some(path) => {
             let file = ReopenableFile::open(path)
                 .map_err(|e| anyhow::anyhow!("log.file: cannot open {}: {e}", path.display()))?;
-            spawn_reopen_on_sighup(file.clone());
             match config.format {
-                LogFormat::Text => builder.with_ansi(false).with_writer(file).try_init(),
-                LogFormat::Json => builder.json().with_writer(file).try_init(),
+                LogFormat::Text => builder
+                    .with_ansi(false)
+                    .with_writer(file.clone())
+                    .try_init(),
+                LogFormat::Json => builder.json().with_writer(file.clone()).try_init(),
             }
             .map_err(|e| anyhow::anyhow!("installing the logger: {e}"))?;
+            Some(file)
         }
-    }
+    };
+    handle_sighup(file);
     Ok(())
 }
 
-fn spawn_reopen_on_sighup(file: ReopenableFile) {
+/// Installs the SIGHUP handler before returning (so no SIGHUP after `init`
+/// can kill the process), then serves it from a task. Outside a runtime, or
+/// if the handler cannot be installed, logs a warning and leaves SIGHUP alone.
+fn handle_sighup(file: Option<ReopenableFile>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+    if tokio::runtime::Handle::try_current().is_err() {
+        tracing::warn!("no tokio runtime: SIGHUP keeps its default action");
         return;
+    }
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(hup) => hup,
+        Err(error) => {
+            tracing::warn!(%error, "cannot install the SIGHUP handler");
+            return;
+        }
     };
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            match file.reopen() {
-                Ok(()) => tracing::info!(path = %file.path.display(), "log file reopened"),
-                Err(error) => eprintln!("reopening {}: {error}", file.path.display()),
+            match &file {
+                Some(file) => match file.reopen() {
+                    Ok(()) => tracing::info!(path = %file.path.display(), "log file reopened"),
+                    Err(error) => eprintln!("reopening {}: {error}", file.path.display()),
+                },
+                None => tracing::info!(
+                    signal = "SIGHUP",
+                    "no log file configured: nothing to reopen"
+                ),
             }
         }
     });

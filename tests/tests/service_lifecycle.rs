@@ -194,3 +194,49 @@ async fn fatal_configuration_exits_non_zero_with_the_field() -> anyhow::Result<(
     }
     Ok(())
 }
+
+// Regression (issue 6): the SIGHUP handler was installed only with a log
+// file, so `service ... reload`, systemd's ExecReload or newsyslog killed a
+// daemon logging to stderr, the shipped default.
+#[tokio::test]
+async fn daemon_without_a_log_file_survives_sighup() -> anyhow::Result<()> {
+    harness::init_logging();
+    let nats = NatsServer::start()?;
+    let dir = tempfile::tempdir()?;
+    let stderr = dir.path().join("stderr");
+    let mut scheduler = tokio::process::Command::new(harness::workspace_bin("colibri-scheduler"))
+        .arg("--db")
+        .arg(dir.path().join("board.db"))
+        .args(["--nats-url", &nats.url()])
+        .env("RUST_LOG", "info")
+        .env_remove("COLIBRI_LOG_FILE")
+        .env_remove("COLIBRI_CONFIG")
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&stderr)?)
+        .kill_on_drop(true)
+        .spawn()?;
+    let board = BoardClient::new(nats.client().await?);
+    harness::eventually(T, "scheduler answers", || async {
+        board.status().await.ok()
+    })
+    .await?;
+
+    signal(scheduler.id().unwrap_or_default(), "-HUP")?;
+    harness::eventually(T, "SIGHUP handled without a log file", || async {
+        lines(&stderr)
+            .iter()
+            .any(|l| l.contains("nothing to reopen"))
+            .then_some(())
+    })
+    .await?;
+    assert!(
+        scheduler.try_wait()?.is_none(),
+        "SIGHUP killed the scheduler"
+    );
+    board.status().await?;
+
+    signal(scheduler.id().unwrap_or_default(), "-TERM")?;
+    let status = exits_within(&mut scheduler, Duration::from_secs(15)).await?;
+    assert!(status.success(), "scheduler exit: {status}");
+    Ok(())
+}
