@@ -363,6 +363,18 @@ async fn progress_reaches_the_board_and_watch_replays_the_session() -> anyhow::R
         "{text}"
     );
 
+    // `--from-now` on a session that has already ended: its stored end
+    // answers at once (nothing more will ever arrive).
+    let out = colibri(&nats, &["watch", &id.to_string(), "--from-now"]).await?;
+    assert!(
+        out.status.success(),
+        "watch --from-now failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)?;
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("end"), "{text}");
+
     worker.stop().await?;
     scheduler.stop().await?;
     Ok(())

@@ -82,6 +82,14 @@ async fn kill_9_of_a_worker_that_stays_away_moves_the_task() -> anyhow::Result<(
     let spec = task(&dir.path().join("ran-once"));
     board.create(&spec).await?;
     running_on(&board, &spec, "doomed").await?;
+    // Someone follows the session that is about to lose its worker.
+    let watch = tokio::process::Command::new(harness::workspace_bin("colibri"))
+        .args(["watch", &spec.id.to_string(), "--nats-url", &nats.url()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
 
     doomed.child.start_kill()?; // SIGKILL
     doomed.child.wait().await?;
@@ -92,6 +100,12 @@ async fn kill_9_of_a_worker_that_stays_away_moves_the_task() -> anyhow::Result<(
         d.summary.attempt >= 2,
         "a new attempt, fenced from the lost one"
     );
+    // The dead worker never sent the session's end: the board's end of the
+    // attempt ends the watch, as a failure.
+    let watched = harness::within(T, "colibri watch to end", watch.wait_with_output()).await??;
+    let stderr = String::from_utf8_lossy(&watched.stderr);
+    assert_eq!(watched.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no end event"), "{stderr}");
     scheduler.stop().await
 }
 

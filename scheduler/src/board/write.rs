@@ -209,6 +209,24 @@ impl<'a> BoardTx<'a> {
         Ok(())
     }
 
+    /// Closes an attempt whose worker was lost: it ends now, with the reason,
+    /// and no outcome, which a late report of its worker may still fill.
+    pub fn attempt_lost(
+        &self,
+        task: &TaskId,
+        attempt: u32,
+        reason: &str,
+        now: i64,
+    ) -> Result<(), BoardError> {
+        self.tx
+            .prepare_cached(
+                "UPDATE attempts SET ended_at_ms = ?3, reason = ?4, current_tool = NULL
+                 WHERE task_id = ?1 AND attempt = ?2 AND ended_at_ms IS NULL",
+            )?
+            .execute(params![task.to_string(), attempt, now, reason])?;
+        Ok(())
+    }
+
     /// Records how a no-longer-current attempt ended, when its own worker
     /// reports it late (after a lease ended or the task moved on). The
     /// task is not changed; only the attempt's history is completed.

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use broker::messages::api::{ApiErrorKind, ApiReply, TaskDetail, TaskRef};
+use broker::messages::api::{ApiErrorKind, ApiReply, AttemptRecord, TaskDetail, TaskRef};
 use broker::messages::session::{Event, Phase, Role, SessionEvent};
 use broker::messages::Usage;
 use broker::subjects::api;
@@ -48,47 +48,156 @@ pub struct WatchArgs {
 }
 
 pub async fn run(api_client: &ApiClient, args: WatchArgs) -> Result<(), CliError> {
-    let session = resolve(api_client, args.id, Duration::from_secs(args.wait_secs)).await?;
+    let (session, task) = resolve(api_client, args.id, Duration::from_secs(args.wait_secs)).await?;
     let js = async_nats::jetstream::new(api_client.client.clone());
+    if args.from_now {
+        // A session that has already ended sends nothing more: its stored
+        // `end` is the answer.
+        if let Some(end) = stored_end(&js, &session).await? {
+            print_event(&end, args.json)?;
+            return verdict(&session, &end.event);
+        }
+    }
     let events = glasspane::follow(&js, session, !args.from_now)
         .await
         .with_context(|| format!("following session {session}"))?;
     let mut events = std::pin::pin!(events);
-    while let Some(event) = events.next().await {
+    // A worker that dies mid-session never publishes the `end`: the board
+    // then ends the attempt, and that ends the watch.
+    let board_end = attempt_end(api_client, task, session);
+    let mut board_end = std::pin::pin!(board_end);
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            attempt = &mut board_end => return ended_on_board(&session, attempt),
+        };
+        let Some(event) = event else { break };
         let event = event.with_context(|| format!("following session {session}"))?;
-        if args.json {
-            println!(
-                "{}",
-                serde_json::to_string(&event).context("encoding an event")?
-            );
-        } else {
-            println!("{}", line(&event));
-        }
-        if let Event::End { success, reason } = &event.event {
-            return match (success, reason) {
-                (true, _) => Ok(()),
-                (false, Some(reason)) => Err(anyhow!("session {session} failed: {reason}").into()),
-                (false, None) => Err(anyhow!("session {session} failed").into()),
-            };
+        print_event(&event, args.json)?;
+        if event.event.is_end() {
+            return verdict(&session, &event.event);
         }
     }
     Err(anyhow!("session {session}: the event stream ended before the session did").into())
 }
 
-/// The session to follow: the latest attempt's if `id` is a task's (waiting
-/// up to `wait` for one), else `id` itself.
+fn print_event(event: &SessionEvent, json: bool) -> Result<(), CliError> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(event).context("encoding an event")?
+        );
+    } else {
+        println!("{}", line(event));
+    }
+    Ok(())
+}
+
+/// Exit status of the watch from the session's `end` event.
+fn verdict(session: &SessionId, end: &Event) -> Result<(), CliError> {
+    match end {
+        Event::End { success: true, .. } => Ok(()),
+        Event::End {
+            reason: Some(reason),
+            ..
+        } => Err(anyhow!("session {session} failed: {reason}").into()),
+        _ => Err(anyhow!("session {session} failed").into()),
+    }
+}
+
+/// The session's stored `end` event, if it has ended.
+async fn stored_end(
+    js: &async_nats::jetstream::Context,
+    session: &SessionId,
+) -> Result<Option<SessionEvent>, CliError> {
+    let stream = js
+        .get_stream(broker::provision::SESSIONS_STREAM)
+        .await
+        .with_context(|| format!("reading {}", broker::provision::SESSIONS_STREAM))?;
+    let subject = broker::subjects::session(session, "end");
+    match stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(raw) => Ok(broker::messages::decode::<SessionEvent>(&raw.payload).ok()),
+        Err(e)
+            if e.kind()
+                == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(anyhow!("looking up the end of session {session}: {e}").into()),
+    }
+}
+
+/// How often the board is asked whether the watched attempt has ended.
+const BOARD_EVERY: Duration = Duration::from_secs(2);
+
+/// After the board shows the attempt ended, how long its `end` event may
+/// still take to arrive before the watch ends without it.
+const END_GRACE: Duration = Duration::from_secs(5);
+
+/// Resolves once the board shows the attempt of `session` ended (and the
+/// grace for its `end` event has passed); never, without a task to ask about.
+async fn attempt_end(
+    api_client: &ApiClient,
+    task: Option<broker::TaskId>,
+    session: SessionId,
+) -> AttemptRecord {
+    let Some(task) = task else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(BOARD_EVERY).await;
+        let Ok(Some(detail)) = show_task(api_client, task.0).await else {
+            continue;
+        };
+        let ended = detail
+            .attempts
+            .into_iter()
+            .find(|a| a.session == session && a.ended_at_ms.is_some());
+        if let Some(attempt) = ended {
+            tokio::time::sleep(END_GRACE).await;
+            return attempt;
+        }
+    }
+}
+
+fn ended_on_board(session: &SessionId, attempt: AttemptRecord) -> Result<(), CliError> {
+    let outcome = attempt.outcome.map_or_else(
+        || "ended".to_string(),
+        |o| {
+            serde_json::to_string(&o)
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_string()
+        },
+    );
+    let reason = attempt.reason.map(|r| format!(": {r}")).unwrap_or_default();
+    let what = format!(
+        "session {session}: no end event; the board ended attempt {} {outcome}{reason}",
+        attempt.attempt
+    );
+    match attempt.outcome {
+        Some(broker::messages::Outcome::Succeeded) => {
+            eprintln!("{what}");
+            Ok(())
+        }
+        _ => Err(anyhow!(what).into()),
+    }
+}
+
+/// The session to follow, and its task when `id` is a task's: the latest
+/// attempt's session (waiting up to `wait` for one), else `id` itself.
 async fn resolve(
     api_client: &ApiClient,
     id: uuid::Uuid,
     wait: Duration,
-) -> Result<SessionId, CliError> {
+) -> Result<(SessionId, Option<broker::TaskId>), CliError> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let Some(detail) = show_task(api_client, id).await? else {
-            return Ok(SessionId(id));
+            return Ok((SessionId(id), None));
         };
         if let Some(attempt) = detail.attempts.iter().max_by_key(|a| a.attempt) {
-            return Ok(attempt.session);
+            return Ok((attempt.session, Some(detail.summary.task_id)));
         }
         if detail.summary.state.is_terminal() {
             return Err(anyhow!(

@@ -492,17 +492,13 @@ impl Core {
         }
         // Runs started by an earlier process of this worker are gone.
         for id in self.tasks.on_worker(&worker) {
-            let lost = self.tasks.get(&id).is_some_and(|a| {
+            let lost = self.tasks.get(&id).filter(|a| {
                 a.state == TaskState::Running && a.incarnation.is_some_and(|i| i != incarnation)
             });
-            if lost {
-                self.retry_or_fail(
-                    tx,
-                    &id,
-                    &format!("worker {worker} restarted during the run"),
-                    false,
-                    now_ms,
-                )?;
+            if let Some(attempt) = lost.map(|a| a.attempt) {
+                let why = format!("worker {worker} restarted during the run");
+                tx.attempt_lost(&id, attempt, &why, now_ms)?;
+                self.retry_or_fail(tx, &id, &why, false, now_ms)?;
             }
         }
         // Runs the worker reports that are not current: fence them.
@@ -553,6 +549,10 @@ impl Core {
             let Some(a) = self.tasks.get(&id) else {
                 continue;
             };
+            let lost = format!("{why} ({worker})");
+            if matches!(a.state, TaskState::Assigned | TaskState::Running) {
+                tx.attempt_lost(&id, a.attempt, &lost, now_ms)?;
+            }
             match a.state {
                 TaskState::Assigned if a.cancel_requested => self.finish(
                     tx,
