@@ -166,9 +166,10 @@ impl CostGuard {
         fleet: watch::Receiver<FleetCost>,
         state_dir: PathBuf,
     ) -> (CostGuard, watch::Receiver<Option<String>>) {
-        let mut fleet = fleet;
-        // Changes from now on apply; the order's mode is the start.
-        let ceiling = fleet.borrow_and_update().ceiling;
+        // The order's mode is the start. The receiver is not marked seen: a
+        // fleet change the worker saw before this session (the order may
+        // have been placed under the older mode) applies at the first append.
+        let ceiling = fleet.borrow().ceiling;
         let cost = SessionCost::new(meta.session, source, ceiling);
         let (budget, budget_rx) = watch::channel(None);
         let guard = CostGuard {
@@ -188,12 +189,14 @@ impl AppendGuard for CostGuard {
     fn before_append(&mut self, event: &mut Event) {
         if self.fleet.has_changed().unwrap_or(false) {
             let f = *self.fleet.borrow_and_update();
-            let from = self.cost.mode();
+            let from = (self.cost.mode(), self.cost.ceiling());
             let follows = self.cost.fleet_mode_changed(f.mode);
             self.cost.set_ceiling(f.ceiling);
-            info!(task_id = %self.task_id, attempt = self.attempt, session = %self.session,
-                from = %from, to = %self.cost.mode(), ceiling = %f.ceiling, follows_fleet = follows,
-                "cost mode in force for the next append");
+            if from != (self.cost.mode(), self.cost.ceiling()) {
+                info!(task_id = %self.task_id, attempt = self.attempt, session = %self.session,
+                    from = %from.0, to = %self.cost.mode(), ceiling = %f.ceiling, follows_fleet = follows,
+                    "cost mode in force for the next append");
+            }
         }
         if let Some(c) = self.cost.before_append(event) {
             tracing::debug!(session = %self.session, true_size = c.true_size, sha256 = %c.sha256, "tool result compacted");

@@ -106,6 +106,8 @@ enum Input {
             >,
         >,
     ),
+    /// A change of the fleet's cost-mode key: a put, or `None` when the key
+    /// was deleted or purged (the default mode then, as on the workers).
     CostMode(Option<bytes::Bytes>),
     Tick,
 }
@@ -196,7 +198,14 @@ pub async fn run(
                 Some(batch) => Input::Intake(batch),
                 None => return Err(ServiceError::Nats { what: "intake", source: "intake consumer ended".into() }),
             },
-            Some(entry) = mode_watch.next() => Input::CostMode(entry.ok().map(|e| e.value)),
+            Some(entry) = mode_watch.next() => match entry {
+                Ok(e) if e.operation == jetstream::kv::Operation::Put => Input::CostMode(Some(e.value)),
+                Ok(_) => Input::CostMode(None),
+                Err(error) => {
+                    tracing::warn!(%error, "cost mode watch error; keeping the current mode");
+                    continue;
+                }
+            },
             _ = tick.tick() => Input::Tick,
         };
         tracing::trace!(input = input.name(), "turn");
@@ -249,10 +258,13 @@ fn apply(
                 }
             }
         }
-        Input::CostMode(value) => {
-            match value
-                .as_deref()
-                .and_then(|v| std::str::from_utf8(v).ok())
+        Input::CostMode(None) => {
+            tracing::info!(cost_mode = %CostMode::default(), "fleet cost mode key removed; the default applies");
+            core.cost_mode = CostMode::default();
+        }
+        Input::CostMode(Some(value)) => {
+            match std::str::from_utf8(&value)
+                .ok()
                 .and_then(|s| s.trim().parse::<CostMode>().ok())
             {
                 Some(mode) => {
@@ -260,6 +272,7 @@ fn apply(
                     core.cost_mode = mode;
                 }
                 None => {
+                    core.count("invalid_cost_modes");
                     tracing::warn!("cost-mode key holds no valid mode; keeping the current one")
                 }
             }
