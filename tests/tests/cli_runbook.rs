@@ -156,6 +156,12 @@ async fn runbook_commands_work_as_written() -> anyhow::Result<()> {
     assert!(out.contains("cancelled"), "{out}");
     let snapshot: serde_json::Value = cli.json(&["snapshot", "--json"]).await?;
     assert!(snapshot["tasks"].as_array().is_some_and(|t| t.len() == 4));
+    // snapshot returned one page and a cursor: it now follows the cursor, so
+    // a page size below the board's size still gives every task, in order.
+    let paged: serde_json::Value = cli.json(&["snapshot", "--json", "--limit", "3"]).await?;
+    assert_eq!(paged["tasks"], snapshot["tasks"]);
+    assert!(paged.get("next").is_none(), "{paged}");
+    assert!(paged["status"]["workers"].is_array(), "{paged}");
     scheduler.stop().await
 }
 
@@ -228,5 +234,82 @@ async fn no_scheduler_is_a_clear_error() -> anyhow::Result<()> {
     let out = cli.run(&["status"]).await?;
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no scheduler is running"));
+    Ok(())
+}
+
+// The CLI connected before checking its flags, so with NATS unreachable a
+// bad tag exited 1 with "connection refused": usage errors now exit 2
+// whatever the server's state, naming the flag and the rule.
+#[tokio::test]
+async fn usage_errors_exit_2_even_when_nats_is_unreachable() -> anyhow::Result<()> {
+    let cli = Cli {
+        url: "nats://127.0.0.1:1".into(),
+    };
+    let long = "a".repeat(65);
+    for (tag, rule) in [
+        ("gpu*", "'*'"),
+        ("a b", "' '"),
+        ("GPU", "upper case"),
+        (long.as_str(), "at most 64"),
+        ("", "empty"),
+    ] {
+        for cmd in ["create-task", "intake-task"] {
+            let out = cli.run(&[cmd, "--title", "t", "--capability", tag]).await?;
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{cmd} {tag:?}: {err}");
+            assert!(
+                err.contains("--capability") && err.contains(rule),
+                "{cmd} {tag:?}: {err}"
+            );
+        }
+    }
+    let out = cli
+        .run(&["create-task", "--title", "x", "--agent", "pi", "--", "ls"])
+        .await?;
+    assert_eq!(out.status.code(), Some(2));
+    let out = cli.run(&["--nats-url", "http://:x", "status"]).await?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--nats-url"), "{err}");
+    // A good command against no server is a plain failure.
+    let out = cli.run(&["create-task", "--title", "ok"]).await?;
+    assert_eq!(out.status.code(), Some(1));
+    Ok(())
+}
+
+// spawn-local reported an agent exiting 2 as a usage error, needed a worker
+// config for its id and state dir, and its README example used "s1" as a
+// session id, which is not a UUID.
+#[tokio::test]
+async fn spawn_local_runs_without_a_config_and_passes_the_exit_code_on() -> anyhow::Result<()> {
+    let cli = Cli {
+        url: "nats://127.0.0.1:1".into(),
+    };
+    let tmp = tempfile::tempdir()?;
+    let state = tmp.path().display().to_string();
+    for (extra, code) in [
+        (&[][..], 0),
+        (&["--worker-id", "bench", "--state-dir", &state][..], 2),
+        (&[], 7),
+    ] {
+        let script = format!("echo hello; exit {code}");
+        let mut args = vec!["spawn-local", "command"];
+        args.extend_from_slice(extra);
+        args.extend(["--", "/bin/sh", "-c", &script]);
+        let out = cli.run(&args).await?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(!err.contains("usage"), "{err}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("hello"));
+    }
+    let out = cli
+        .run(&["spawn-local", "pi", "--session-id", "s1"])
+        .await?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--session-id") && err.contains("UUID"),
+        "{err}"
+    );
     Ok(())
 }

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ cli::CliError::Exit(_)) => e.exit_code(),
         Err(e) => {
             eprintln!("colibri: {e:#}");
             e.exit_code()

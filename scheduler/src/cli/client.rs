@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use broker::connect::{ConnectArgs, Role};
+use broker::connect::{ConnectArgs, ConnectError, Role};
 use broker::messages::api::{ApiErrorKind, ApiReply};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -20,10 +20,17 @@ pub struct ApiClient {
 
 impl ApiClient {
     pub async fn connect(connect: &ConnectArgs) -> Result<ApiClient, CliError> {
+        // The URLs are parsed before any connection is tried, so a bad one
+        // is a usage error whether or not a server is up.
         let client = connect
             .connect("colibri-cli", Role::Client)
             .await
-            .map_err(|e| CliError::Other(anyhow!(e)))?;
+            .map_err(|e| match e {
+                ConnectError::BadUrl(_) => CliError::Usage(format!(
+                    "--{e} (expected [nats://|tls://|ws://]HOST[:PORT], comma-separated)"
+                )),
+                e => CliError::Other(anyhow!(e)),
+            })?;
         Ok(ApiClient { client })
     }
 

@@ -75,6 +75,10 @@ pub enum CliError {
     /// Anything else: exit 1.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
+    /// A child's own non-zero exit code, passed on unchanged (the child has
+    /// already said why).
+    #[error("exited with status {0}")]
+    Exit(u8),
 }
 
 impl CliError {
@@ -82,6 +86,7 @@ impl CliError {
         match self {
             CliError::Usage(_) => ExitCode::from(2),
             CliError::Other(_) => ExitCode::from(1),
+            CliError::Exit(code) => ExitCode::from(*code),
         }
     }
 }
@@ -91,12 +96,20 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         CliCommand::SpawnLocal(args) => spawn_local::run(args, &cli.connect),
         CliCommand::Admin(args) => admin::run(args),
+        // The spec is built and checked before connecting, so a usage error
+        // exits 2 whatever the server's state.
+        CliCommand::CreateTask(args) => {
+            let spec = args.to_spec()?;
+            submit::create(&ApiClient::connect(&cli.connect).await?, spec).await
+        }
+        CliCommand::IntakeTask(args) => {
+            let spec = args.to_spec()?;
+            submit::intake(&ApiClient::connect(&cli.connect).await?, spec).await
+        }
         command => {
             let api = ApiClient::connect(&cli.connect).await?;
             match command {
                 CliCommand::Status(args) => status::run(&api, args).await,
-                CliCommand::CreateTask(args) => submit::create(&api, args).await,
-                CliCommand::IntakeTask(args) => submit::intake(&api, args).await,
                 CliCommand::ListTasks(args) => list::run(&api, args).await,
                 CliCommand::ShowTask(args) => show::run(&api, args).await,
                 CliCommand::Cancel(args) => cancel::run(&api, args).await,
@@ -104,9 +117,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 CliCommand::SetCostMode(args) => cost_mode::run(&api, args).await,
                 CliCommand::Events(args) => events::run(&api, args).await,
                 CliCommand::Watch(args) => watch::run(&api, args).await,
-                CliCommand::SpawnLocal(_) | CliCommand::Admin(_) => {
-                    unreachable!("handled above")
-                }
+                CliCommand::SpawnLocal(_)
+                | CliCommand::Admin(_)
+                | CliCommand::CreateTask(_)
+                | CliCommand::IntakeTask(_) => unreachable!("handled above"),
             }
         }
     }

@@ -1,12 +1,16 @@
-//! `spawn-local AGENT --session-id ID [-- ARGV]`: runs the worker's own
+//! `spawn-local AGENT [--session-id UUID] [-- ARGV]`: runs the worker's own
 //! spawn path (`colibri-worker spawn-local`), confined exactly as a task
 //! would be, and streams the agent's output here. For debugging a profile.
+//! Without a worker config the worker defaults its id to the host name and
+//! its state dir to a fresh temporary one. Exits with the agent's own code.
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::anyhow;
 use broker::connect::ConnectArgs;
+use broker::{SessionId, WorkerId};
 use clap::Args;
 
 use super::CliError;
@@ -15,15 +19,32 @@ use super::CliError;
 pub struct SpawnLocalArgs {
     /// Agent profile (pi, claude, codex, command).
     pub agent: String,
-    #[arg(long = "session-id")]
-    pub session_id: String,
+    /// Session id of the run (a UUID); a new one when absent.
+    #[arg(long = "session-id", value_parser = parse_session_id)]
+    pub session_id: Option<SessionId>,
     #[arg(long)]
     pub prompt: Option<String>,
     /// Worker config file whose profiles and confinement to use.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Worker name for the run (default: the config's, else the host name).
+    #[arg(long = "worker-id", value_parser = parse_worker_id)]
+    pub worker_id: Option<WorkerId>,
+    /// State dir for the run's work dir (default: the config's, else a temporary one).
+    #[arg(long = "state-dir")]
+    pub state_dir: Option<PathBuf>,
     #[arg(last = true)]
     pub argv: Vec<String>,
+}
+
+fn parse_session_id(value: &str) -> Result<SessionId, String> {
+    value.parse().map_err(|_| {
+        format!("{value:?} is not a UUID; a session id is a UUID such as {}, or leave it out for a new one", SessionId::new())
+    })
+}
+
+fn parse_worker_id(value: &str) -> Result<WorkerId, String> {
+    WorkerId::parse(value).map_err(|e| e.to_string())
 }
 
 fn worker_binary() -> PathBuf {
@@ -41,10 +62,16 @@ pub fn run(args: SpawnLocalArgs, _connect: &ConnectArgs) -> Result<(), CliError>
     if let Some(c) = &args.config {
         cmd.arg("--config").arg(c);
     }
+    if let Some(id) = &args.worker_id {
+        cmd.arg("--worker-id").arg(id.as_str());
+    }
+    if let Some(dir) = &args.state_dir {
+        cmd.arg("--state-dir").arg(dir);
+    }
     cmd.arg("spawn-local")
         .arg(&args.agent)
         .arg("--session-id")
-        .arg(&args.session_id);
+        .arg(args.session_id.unwrap_or_default().to_string());
     if let Some(p) = &args.prompt {
         cmd.arg("--prompt").arg(p);
     }
@@ -54,11 +81,11 @@ pub fn run(args: SpawnLocalArgs, _connect: &ConnectArgs) -> Result<(), CliError>
     let status = cmd
         .status()
         .map_err(|e| anyhow!("running colibri-worker spawn-local: {e}"))?;
-    match status.code() {
-        Some(0) => Ok(()),
-        Some(2) => Err(CliError::Usage(
-            "spawn-local: usage error (see above)".into(),
-        )),
-        code => Err(CliError::Other(anyhow!("agent exited with {code:?}"))),
+    match (status.code(), status.signal()) {
+        (Some(0), _) => Ok(()),
+        // The agent's (or the worker's) own code, unchanged; it said why.
+        (Some(code), _) => Err(CliError::Exit(code.clamp(0, 255) as u8)),
+        (None, Some(sig)) => Err(CliError::Exit((128 + sig).clamp(0, 255) as u8)),
+        (None, None) => Err(anyhow!("colibri-worker spawn-local ended without a status").into()),
     }
 }

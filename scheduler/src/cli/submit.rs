@@ -7,21 +7,20 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use async_nats::jetstream::{self, message::PublishMessage};
 use broker::messages::api::CreateTaskReply;
-use broker::messages::encode;
+use broker::messages::{encode, TaskSpec};
 use broker::subjects::{self, api};
 
-use super::task_args::TaskArgs;
 use super::{ApiClient, CliError};
 
-pub async fn create(api_client: &ApiClient, args: TaskArgs) -> Result<(), CliError> {
-    let spec = args.to_spec()?;
+/// Stores `spec` (built and checked by `TaskArgs::to_spec` before connecting).
+pub async fn create(api_client: &ApiClient, spec: TaskSpec) -> Result<(), CliError> {
     let reply: CreateTaskReply = api_client.call(api::CREATE_TASK, &spec).await?;
     println!("{}", reply.task_id);
     Ok(())
 }
 
-pub async fn intake(api_client: &ApiClient, args: TaskArgs) -> Result<(), CliError> {
-    let spec = args.to_spec()?;
+/// Submits `spec` (built and checked before connecting) through the intake.
+pub async fn intake(api_client: &ApiClient, spec: TaskSpec) -> Result<(), CliError> {
     let js = jetstream::new(api_client.client.clone());
     let publish = PublishMessage::build()
         .payload(encode(&spec))
