@@ -103,3 +103,54 @@ fn spawn_local_runs_a_confined_agent_and_exits_with_its_status() {
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("\"type\":\"session\""));
 }
+
+// A missing --worker-id or --state-dir exited 1, and --slots 0 exited 1
+// naming the config field: usage errors exit 2 naming the flag.
+#[test]
+fn usage_errors_exit_2_naming_the_flag() {
+    for (args, flag) in [
+        (
+            &["--state-dir", "/tmp/x", "check-config"][..],
+            "--worker-id",
+        ),
+        (&["--worker-id", "w", "check-config"][..], "--state-dir"),
+        (&["check-config"][..], "--worker-id"),
+        (
+            &["--worker-id", "w", "--state-dir", "/tmp/x", "--slots", "0"][..],
+            "--slots",
+        ),
+    ] {
+        let o = worker(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(flag), "{args:?}: {}", stderr(&o));
+    }
+}
+
+// spawn-local needed a worker id and a state dir although it runs no daemon:
+// without them it uses the host name and a temporary dir, removed after.
+#[test]
+fn spawn_local_needs_no_worker_id_or_state_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = fake_agent().display().to_string();
+    for code in ["0", "4"] {
+        let o = Command::new(worker_bin())
+            .args(["spawn-local", "command", "--session-id"])
+            .arg(broker::SessionId::new().to_string())
+            .args(["--", &fake, "--exit-code", code])
+            .env_remove("COLIBRI_CONFIG")
+            .env_remove("COLIBRI_WORKER_ID")
+            .env_remove("COLIBRI_STATE_DIR")
+            .env("TMPDIR", tmp.path())
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code().map(|c| c.to_string()).as_deref(),
+            Some(code),
+            "{}",
+            stderr(&o)
+        );
+    }
+    // The successful run left nothing; the failed one kept its dir and said so.
+    let left = std::fs::read_dir(tmp.path()).unwrap().count();
+    assert!(left <= 1, "{left} dirs left in {}", tmp.path().display());
+}

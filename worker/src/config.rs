@@ -87,7 +87,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_run: Duration::from_secs(3600),
+            // Six hours: long agent runs live on defaults; a task's
+            // --timeout is capped at this.
+            max_run: Duration::from_secs(21600),
             idle: Duration::from_secs(600),
             kill_grace: Duration::from_secs(10),
             spawn_retries: 3,
@@ -165,8 +167,8 @@ pub struct WorkerFlags {
     /// Capability tags this worker advertises (comma list).
     #[arg(long, env = "COLIBRI_CAPABILITIES", global = true, value_parser = parse_capabilities)]
     pub capabilities: Option<TagSet>,
-    /// Attempts this worker runs at once.
-    #[arg(long, env = "COLIBRI_SLOTS", global = true)]
+    /// Attempts this worker runs at once (1 to 4096).
+    #[arg(long, env = "COLIBRI_SLOTS", global = true, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub slots: Option<u32>,
     /// State dir; work dirs are made under <state-dir>/work.
     #[arg(long = "state-dir", env = "COLIBRI_STATE_DIR", global = true)]
@@ -239,13 +241,17 @@ pub enum ConfigError {
     },
     #[error("{} problem(s) in the configuration:\n{}", .0.len(), render(.0))]
     Invalid(Vec<Problem>),
+    /// The only problems are required values given nowhere: a usage error
+    /// (exit 2). Each problem names the flag to pass.
+    #[error("missing on the command line:\n{}", render(.0))]
+    Missing(Vec<Problem>),
 }
 
 impl ConfigError {
     /// Every problem found (empty for a read error).
     pub fn problems(&self) -> &[Problem] {
         match self {
-            ConfigError::Invalid(p) => p,
+            ConfigError::Invalid(p) | ConfigError::Missing(p) => p,
             ConfigError::Read { .. } => &[],
         }
     }
@@ -420,6 +426,8 @@ pub fn load(flags: &WorkerFlags) -> Result<WorkerConfig, ConfigError> {
 /// [`load`] on a file already read (`None`: no file).
 pub fn resolve(text: Option<&str>, flags: &WorkerFlags) -> Result<WorkerConfig, ConfigError> {
     let mut problems = Vec::new();
+    // Problems that are only a required value given nowhere.
+    let mut missing = 0;
     let file = text
         .map(|t| parse_file(t, &mut problems))
         .unwrap_or_default();
@@ -436,8 +444,9 @@ pub fn resolve(text: Option<&str>, flags: &WorkerFlags) -> Result<WorkerConfig, 
         (None, None) => {
             problems.push(Problem::new(
                 "worker_id",
-                "required (--worker-id, COLIBRI_WORKER_ID or worker_id in the file)",
+                "required: pass --worker-id NAME (or set COLIBRI_WORKER_ID, or worker_id in the config file)",
             ));
+            missing += 1;
             None
         }
     };
@@ -469,8 +478,9 @@ pub fn resolve(text: Option<&str>, flags: &WorkerFlags) -> Result<WorkerConfig, 
         None => {
             problems.push(Problem::new(
                 "state_dir",
-                "required (--state-dir, COLIBRI_STATE_DIR or state_dir in the file)",
+                "required: pass --state-dir DIR (or set COLIBRI_STATE_DIR, or state_dir in the config file)",
             ));
+            missing += 1;
             None
         }
     };
@@ -595,6 +605,7 @@ pub fn resolve(text: Option<&str>, flags: &WorkerFlags) -> Result<WorkerConfig, 
             connect,
             log,
         }),
+        _ if problems.len() == missing => Err(ConfigError::Missing(problems)),
         _ => Err(ConfigError::Invalid(problems)),
     }
 }
@@ -745,6 +756,25 @@ env = { ANTHROPIC_API_KEY = "sk-secret" }
             msg.contains("--capabilities") && msg.contains("upper case"),
             "{msg}"
         );
+    }
+
+    // A two-hour agent was killed on default settings when max_run was 1 h.
+    #[test]
+    fn default_max_run_is_six_hours() {
+        assert_eq!(Limits::default().max_run, Duration::from_secs(6 * 3600));
+    }
+
+    #[test]
+    fn missing_required_values_alone_are_a_usage_error() {
+        let err = resolve(None, &WorkerFlags::default()).unwrap_err();
+        assert!(matches!(err, ConfigError::Missing(_)), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("--worker-id") && msg.contains("--state-dir"),
+            "{msg}"
+        );
+        let err = resolve(Some("slots = 0"), &WorkerFlags::default()).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid(_)), "{err}");
     }
 
     #[test]

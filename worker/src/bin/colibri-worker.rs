@@ -1,17 +1,22 @@
 //! `colibri-worker`: the per-host daemon. A thin main: parse and validate
 //! the whole configuration before any runtime exists, then hand over to
-//! [`worker::run`]. Exit codes: 0 clean stop, 1 bad configuration or fatal
-//! error, 2 usage error on the command line.
+//! [`worker::run`]. Exit codes: 0 clean stop, 1 bad configuration file or
+//! fatal error, 2 usage error on the command line (a bad flag, or a required
+//! value given nowhere; the message names the flag).
+//! `spawn-local` exits with the agent's own code.
 
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use broker::connect::Role;
 use broker::messages::{RunOrder, TaskSpec};
-use broker::{SessionId, Tag, TagSet};
+use broker::{SessionId, Tag, TagSet, WorkerId};
 use clap::{Parser, Subcommand};
-use worker::config::{Confinement, WorkerFlags};
+use worker::config::{ConfigError, Confinement, WorkerFlags};
 use worker::executor::Executor;
+use worker::profiles::{builtin_argv, AgentProfile};
 use worker::supervise::{OutputMode, StopCause};
 use worker::WorkerConfig;
 
@@ -50,15 +55,23 @@ struct SpawnLocal {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
+    let temp_state = match &cli.command {
+        Some(Command::SpawnLocal(_)) => spawn_local_defaults(&mut cli.flags),
+        _ => None,
+    };
     let config = match worker::config::load(&cli.flags) {
         Ok(config) => config,
+        Err(error @ ConfigError::Missing(_)) => {
+            eprintln!("colibri-worker: {error}");
+            return ExitCode::from(2);
+        }
         Err(error) => {
             eprintln!("colibri-worker: {error}");
             return ExitCode::from(1);
@@ -70,7 +83,11 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some(Command::SpawnLocal(args)) => {
-            runtime().and_then(|rt| rt.block_on(spawn_local(config, args)))
+            let result = runtime().and_then(|rt| rt.block_on(spawn_local(config, args)));
+            if let Some(dir) = temp_state {
+                remove_temp_state(&dir, matches!(result, Ok(ExitCode::SUCCESS)));
+            }
+            result
         }
         None => runtime()
             .and_then(|rt| rt.block_on(daemon_main(config)))
@@ -124,6 +141,17 @@ async fn spawn_local(mut config: WorkerConfig, args: SpawnLocal) -> anyhow::Resu
     task.prompt = args.prompt;
     if task.agent.as_str() == broker::messages::task::COMMAND_AGENT {
         config.agents.set_allow_command(true);
+    } else if config.agents.get(task.agent.as_str()).is_none() {
+        // Asked for by name: a known agent the config leaves out runs with
+        // its built-in template.
+        if let Some(argv) = builtin_argv(task.agent.as_str()) {
+            config.agents.insert(AgentProfile {
+                name: task.agent.clone(),
+                argv,
+                models: Default::default(),
+                env: Default::default(),
+            });
+        }
     }
     // Output goes to the terminal, so no idle limit can be measured.
     config.limits.idle = config.limits.max_run;
@@ -156,4 +184,63 @@ async fn spawn_local(mut config: WorkerConfig, args: SpawnLocal) -> anyhow::Resu
         (None, None) => 1,
     };
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// `spawn-local` needs no daemon config: a worker id and a state dir that no
+/// flag, variable or config file gives default to the host name and a fresh
+/// private temporary dir, which is returned (to be removed afterwards).
+fn spawn_local_defaults(flags: &mut WorkerFlags) -> Option<PathBuf> {
+    let file: toml::Table = flags
+        .config
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| toml::from_str(&text).ok())
+        .unwrap_or_default();
+    if flags.worker_id.is_none() && !file.contains_key("worker_id") {
+        flags.worker_id = host_worker_id();
+    }
+    if flags.state_dir.is_some() || file.contains_key("state_dir") {
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!("colibri-spawn-local-{}", uuid::Uuid::now_v7()));
+    // On failure the config reports the missing state dir.
+    std::fs::DirBuilder::new().mode(0o700).create(&dir).ok()?;
+    flags.state_dir = Some(dir.clone());
+    Some(dir)
+}
+
+/// The host name made into a worker name (lowercase, other characters to
+/// `-`), or `spawn-local` when that does not give one.
+fn host_worker_id() -> Option<WorkerId> {
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let name: String = host
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '.' | '_' | '-' => c,
+            _ => '-',
+        })
+        .take(broker::tag::MAX_TAG_LEN)
+        .collect();
+    let name = name.trim_start_matches(['.', '_', '-']);
+    WorkerId::parse(name)
+        .or_else(|_| WorkerId::parse("spawn-local"))
+        .ok()
+}
+
+/// Removes the temporary state dir; after a failed run, keeps whatever the
+/// run left there and says where.
+fn remove_temp_state(dir: &Path, success: bool) {
+    if success {
+        let _ = std::fs::remove_dir_all(dir);
+        return;
+    }
+    let _ = std::fs::remove_dir(dir.join("work"));
+    if std::fs::remove_dir(dir).is_err() && dir.exists() {
+        eprintln!(
+            "colibri-worker: state dir kept for inspection: {}",
+            dir.display()
+        );
+    }
 }
