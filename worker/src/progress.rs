@@ -27,6 +27,16 @@ use crate::reports::Reporter;
 /// Shortest time between two progress reports of one attempt.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Longest time the board's "last event" of a running agent lags behind,
+/// when nothing but the time of its last event changed.
+pub const REFRESH: Duration = Duration::from_secs(10);
+
+enum Wake {
+    Stop,
+    Changed,
+    Refresh,
+}
+
 /// Longest wait for the stream to acknowledge one progress report.
 pub const PUBLISH_LIMIT: Duration = Duration::from_secs(2);
 
@@ -45,13 +55,23 @@ pub async fn coalesce<F, Fut>(
 {
     let mut sent: Option<LiveState> = None;
     loop {
-        let open = tokio::select! {
+        let wake = tokio::select! {
             biased;
-            () = stop.cancelled() => false,
-            changed = live.changed() => changed.is_ok(),
+            () = stop.cancelled() => Wake::Stop,
+            changed = live.changed() => if changed.is_ok() { Wake::Changed } else { Wake::Stop },
+            () = tokio::time::sleep(REFRESH) => Wake::Refresh,
         };
-        if !open {
-            break;
+        match wake {
+            Wake::Stop => break,
+            Wake::Changed => {}
+            Wake::Refresh => {
+                // Only the time of the last event may have moved (messages,
+                // raw lines): worth a report now and then, not at every line.
+                let seen = sent.as_ref().map_or(0, |s| s.last_event_ms);
+                if live.borrow().last_event_ms == seen {
+                    continue;
+                }
+            }
         }
         let state = live.borrow_and_update().clone();
         send(state.clone()).await;
@@ -72,9 +92,12 @@ pub async fn coalesce<F, Fut>(
 }
 
 /// Whether two states make the same progress report (the pump wakes us on
-/// these fields only; `last_event_ms` alone is not worth a report).
+/// these fields only; `last_event_ms` alone waits for [`REFRESH`]).
 fn same_report(a: &LiveState, b: &LiveState) -> bool {
-    a.pane == b.pane && a.current_tool == b.current_tool && a.usage == b.usage
+    a.pane == b.pane
+        && a.current_tool == b.current_tool
+        && a.usage == b.usage
+        && a.last_event_ms == b.last_event_ms
 }
 
 /// Reports `live` for one attempt as `progress` reports until `stop`.
@@ -143,6 +166,37 @@ mod tests {
                 (Pane::Running, Some("tool9".to_string()))
             ]
         );
+    }
+
+    /// Lines that change nothing but the time of the last event still
+    /// reach the board, within [`REFRESH`].
+    #[tokio::test(start_paused = true)]
+    async fn the_last_event_time_is_refreshed_without_other_changes() {
+        let (tx, rx) = watch::channel(LiveState::default());
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let log = sent.clone();
+        let task = tokio::spawn(coalesce(rx, MIN_INTERVAL, stop.clone(), move |s| {
+            if let Ok(mut v) = log.lock() {
+                v.push(s.last_event_ms);
+            }
+            async {}
+        }));
+        tx.send_modify(|s| {
+            s.pane = Pane::Running;
+            s.last_event_ms = 1;
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // A message: the pump does not wake the receivers for it.
+        tx.send_if_modified(|s| {
+            s.last_event_ms = 2;
+            false
+        });
+        tokio::time::sleep(REFRESH * 3).await;
+        stop.cancel();
+        task.await.expect("coalescing task ends");
+        let sent = sent.lock().expect("not poisoned").clone();
+        assert_eq!(sent, vec![1, 2], "one refresh, then nothing new to say");
     }
 
     /// The state the session ended in is reported even when it changed
