@@ -145,6 +145,8 @@ impl Executor {
         let spawned = tokio::select! {
             r = spec.spawn(cfg.limits.spawn_retries, cfg.limits.spawn_backoff) => r,
             cause = wait_stop(stop) => {
+                // The try in flight may have created a jail: remove it.
+                crate::supervise::spawn::run_cleanup(&cleanup).await;
                 workdir::finish(&dir, cfg.keep_workdirs, cause.outcome());
                 return Err(Ending::without_run(cause.outcome(), cause.reason()));
             }
@@ -152,8 +154,8 @@ impl Executor {
         let child = match spawned {
             Ok(child) => child,
             Err(error) => {
+                // Each failed try already ran the clean-up commands.
                 warn!(task_id = %task.id, attempt = order.attempt, %error, "agent could not start");
-                crate::supervise::spawn::run_cleanup(&cleanup).await;
                 workdir::finish(&dir, cfg.keep_workdirs, Outcome::SpawnFailed);
                 return Err(Ending::without_run(
                     Outcome::SpawnFailed,

@@ -5,6 +5,13 @@
 //!
 //! Order matters: the work dir is bound after the fresh `/tmp`, so a work dir
 //! under `/tmp` stays visible.
+//!
+//! bwrap reports on its set-up through two inherited fds: `--info-fd` gets
+//! the sandbox's `child-pid` and reaches end of file once the sandboxed child
+//! has exec'd the agent or died setting up; `--json-status-fd` gets the same
+//! `child-pid`, then an `exit-code` only if the set-up completed. The
+//! supervisor reads both to tell "bwrap could not start the agent" (a spawn
+//! failure, retried) from "the agent ran and failed".
 
 use super::Sandbox;
 use broker::messages::NetworkPolicy;
@@ -12,25 +19,51 @@ use broker::messages::NetworkPolicy;
 /// The bubblewrap program.
 pub const BWRAP: &str = "bwrap";
 
-/// The exact bwrap argv running `agent_argv` in `sandbox`.
-pub fn argv(sandbox: &Sandbox, agent_argv: &[String]) -> Vec<String> {
+/// The fds, in bwrap's own fd table, it reports its set-up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusFds {
+    pub info: i32,
+    pub json_status: i32,
+}
+
+impl StatusFds {
+    /// Stands in for the real numbers, which each spawn try fills in at
+    /// [`STATUS_FD_SLOTS`].
+    pub const UNSET: StatusFds = StatusFds {
+        info: -1,
+        json_status: -1,
+    };
+}
+
+/// Where in [`argv`] the `--info-fd` and `--json-status-fd` values sit.
+pub const STATUS_FD_SLOTS: [usize; 2] = [2, 4];
+
+/// The exact bwrap argv running `agent_argv` in `sandbox`, reporting its
+/// set-up on `fds`.
+pub fn argv(sandbox: &Sandbox, agent_argv: &[String], fds: StatusFds) -> Vec<String> {
     let workdir = sandbox.workdir.to_string_lossy().into_owned();
-    let mut argv: Vec<String> = [
-        BWRAP,
-        "--ro-bind",
-        "/",
-        "/",
-        "--dev",
-        "/dev",
-        "--proc",
-        "/proc",
-        "--tmpfs",
-        "/tmp",
-        "--bind",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut argv: Vec<String> = vec![
+        BWRAP.into(),
+        "--info-fd".into(),
+        fds.info.to_string(),
+        "--json-status-fd".into(),
+        fds.json_status.to_string(),
+    ];
+    argv.extend(
+        [
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--tmpfs",
+            "/tmp",
+            "--bind",
+        ]
+        .map(String::from),
+    );
     argv.push(workdir.clone());
     argv.push(workdir.clone());
     argv.extend(["--unshare-pid", "--unshare-ipc", "--unshare-uts"].map(String::from));
@@ -48,6 +81,11 @@ pub fn argv(sandbox: &Sandbox, agent_argv: &[String]) -> Vec<String> {
 mod tests {
     use super::*;
     use std::path::PathBuf;
+
+    const FDS: StatusFds = StatusFds {
+        info: 5,
+        json_status: 7,
+    };
 
     fn sandbox(network: NetworkPolicy) -> Sandbox {
         Sandbox {
@@ -68,8 +106,9 @@ mod tests {
                 "json".into(),
                 "hi there".into(),
             ],
+            FDS,
         );
-        let want = "bwrap --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp \
+        let want = "bwrap --info-fd 5 --json-status-fd 7 --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp \
             --bind /var/db/colibri-worker/work/t-1 /var/db/colibri-worker/work/t-1 \
             --unshare-pid --unshare-ipc --unshare-uts --unshare-net --die-with-parent --new-session \
             --chdir /var/db/colibri-worker/work/t-1 -- pi --mode json";
@@ -80,8 +119,8 @@ mod tests {
 
     #[test]
     fn bwrap_argv_with_host_network() {
-        let got = argv(&sandbox(NetworkPolicy::Host), &["true".into()]);
-        let want: Vec<String> = "bwrap --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp \
+        let got = argv(&sandbox(NetworkPolicy::Host), &["true".into()], FDS);
+        let want: Vec<String> = "bwrap --info-fd 5 --json-status-fd 7 --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp \
             --bind /var/db/colibri-worker/work/t-1 /var/db/colibri-worker/work/t-1 \
             --unshare-pid --unshare-ipc --unshare-uts --die-with-parent --new-session \
             --chdir /var/db/colibri-worker/work/t-1 -- true"
@@ -89,5 +128,14 @@ mod tests {
             .map(String::from)
             .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn status_fd_slots_point_at_the_fd_values() {
+        let got = argv(&sandbox(NetworkPolicy::Host), &["true".into()], FDS);
+        assert_eq!(got[STATUS_FD_SLOTS[0] - 1], "--info-fd");
+        assert_eq!(got[STATUS_FD_SLOTS[0]], "5");
+        assert_eq!(got[STATUS_FD_SLOTS[1] - 1], "--json-status-fd");
+        assert_eq!(got[STATUS_FD_SLOTS[1]], "7");
     }
 }

@@ -39,8 +39,27 @@ pub struct Launch {
     pub before: Vec<Vec<String>>,
     /// The supervised process.
     pub argv: Vec<String>,
-    /// Run when the attempt ends, whatever happened (e.g. `jail -r`).
+    /// Run when the attempt ends, whatever happened (e.g. `jail -r`), and
+    /// after each try that ran `before` but did not start the agent.
     pub after: Vec<Vec<String>>,
+    /// bwrap: where in `argv` its status fds go ([`bwrap::STATUS_FD_SLOTS`]);
+    /// each try fills in the fds of its own pipes.
+    pub status_fd_slots: Option<[usize; 2]>,
+}
+
+impl Launch {
+    /// `argv` with the status fds filled in (unchanged without slots).
+    pub fn argv_with(&self, fds: bwrap::StatusFds) -> Vec<String> {
+        let mut argv = self.argv.clone();
+        if let Some([info, json_status]) = self.status_fd_slots {
+            for (at, fd) in [(info, fds.info), (json_status, fds.json_status)] {
+                if let Some(slot) = argv.get_mut(at) {
+                    *slot = fd.to_string();
+                }
+            }
+        }
+        argv
+    }
 }
 
 /// The launch of `agent_argv` (with environment `env`) under `confinement`.
@@ -53,18 +72,49 @@ pub fn launch(
     match confinement {
         Confinement::Bwrap => Launch {
             before: Vec::new(),
-            argv: bwrap::argv(sandbox, agent_argv),
+            argv: bwrap::argv(sandbox, agent_argv, bwrap::StatusFds::UNSET),
             after: Vec::new(),
+            status_fd_slots: Some(bwrap::STATUS_FD_SLOTS),
         },
         Confinement::Jail => Launch {
             before: vec![jail::create_argv(sandbox)],
             argv: jail::exec_argv(sandbox, agent_argv, env),
             after: vec![jail::remove_argv(sandbox)],
+            status_fd_slots: None,
         },
         Confinement::Unconfined => Launch {
             before: Vec::new(),
             argv: unconfined::argv(agent_argv),
             after: Vec::new(),
+            status_fd_slots: None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bwrap_launch_fills_in_each_tries_status_fds() {
+        let sandbox = Sandbox {
+            workdir: PathBuf::from("/w"),
+            network: NetworkPolicy::None,
+            name: "colibri_t_1".into(),
+            agent_user: "agent".into(),
+        };
+        let agent = ["true".to_string()];
+        let launch = launch(Confinement::Bwrap, &sandbox, &agent, &[]);
+        let fds = bwrap::StatusFds {
+            info: 9,
+            json_status: 12,
+        };
+        assert_eq!(launch.argv_with(fds), bwrap::argv(&sandbox, &agent, fds));
+        let plain = launch_plain(&sandbox, &agent);
+        assert_eq!(plain.argv_with(fds), plain.argv);
+    }
+
+    fn launch_plain(sandbox: &Sandbox, agent: &[String]) -> Launch {
+        launch(Confinement::Unconfined, sandbox, agent, &[])
     }
 }

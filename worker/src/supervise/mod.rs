@@ -4,10 +4,12 @@
 //!
 //! - [`spawn`]: set-up, spawn in its own process group, retries with backoff;
 //! - [`kill`]: SIGTERM, grace, SIGKILL of every process of the attempt;
+//! - [`sandbox_status`]: bwrap's report that its sandbox runs the agent;
 //! - [`procfs`]: the process table the killer reads.
 
 pub mod kill;
 pub mod procfs;
+pub mod sandbox_status;
 pub mod spawn;
 
 use std::time::{Duration, Instant};

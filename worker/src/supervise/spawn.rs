@@ -4,7 +4,14 @@
 //!
 //! A missing agent binary is found before spawning (the confined view of the
 //! filesystem is the host's, read-only), so that "not installed" is a spawn
-//! failure rather than an agent that exited 1 under bwrap.
+//! failure rather than an agent that exited 1 under bwrap. For the same
+//! reason bwrap's own set-up is checked right after it is spawned (see
+//! [`super::sandbox_status`]): a sandbox it could not build is a spawn
+//! failure carrying bwrap's message, retried like the others.
+//!
+//! A try that fails after its set-up commands (`jail -c`) runs the clean-up
+//! commands (`jail -r`) before the next, which would otherwise find the jail
+//! already there.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -14,6 +21,7 @@ use backon::{ExponentialBuilder, Retryable};
 use tokio::process::{Child, Command};
 use tracing::warn;
 
+use super::sandbox_status::{spawn_lock, StatusPipes};
 use crate::config::find_program_in;
 use crate::confine::Launch;
 
@@ -49,7 +57,13 @@ pub enum SpawnError {
     Io { program: String, message: String },
     #[error("set-up command {program} failed: {message}")]
     Setup { program: String, message: String },
+    /// bwrap ran but could not build the sandbox; `message` is its own.
+    #[error("bubblewrap could not start the agent: {message}")]
+    Sandbox { message: String },
 }
+
+/// How long bwrap may take to build a sandbox (or to exit once it failed).
+const SANDBOX_SETUP_LIMIT: Duration = Duration::from_secs(10);
 
 impl SpawnSpec {
     fn path_var(&self) -> Option<std::ffi::OsString> {
@@ -59,18 +73,47 @@ impl SpawnSpec {
             .map(|(_, v)| v.into())
     }
 
-    /// One try: set-up commands, checks, spawn.
+    /// One try: checks, set-up commands, spawn. A try that ran the set-up
+    /// commands but did not start the agent runs the clean-up commands
+    /// (`jail -r`), so that the next try starts from scratch.
     pub async fn spawn_once(&self) -> Result<Child, SpawnError> {
-        for argv in &self.launch.before {
-            run_setup(argv).await?;
-        }
         let path = self.path_var();
         if find_program_in(&self.agent_program, path.as_deref()).is_none() {
             return Err(SpawnError::NotFound {
                 program: self.agent_program.clone(),
             });
         }
-        let Some((program, args)) = self.launch.argv.split_first() else {
+        let mut started = Ok(());
+        for argv in &self.launch.before {
+            started = run_setup(argv).await;
+            if started.is_err() {
+                break;
+            }
+        }
+        let started = match started {
+            Ok(()) => self.start().await,
+            Err(e) => Err(e),
+        };
+        if started.is_err() && !self.launch.before.is_empty() {
+            run_cleanup(&self.launch.after).await;
+        }
+        started
+    }
+
+    /// Spawns the launcher; under bwrap, waits until its sandbox runs the agent.
+    async fn start(&self) -> Result<Child, SpawnError> {
+        let pipes = match self.launch.status_fd_slots {
+            Some(_) => Some(StatusPipes::new().map_err(|e| SpawnError::Io {
+                program: "status pipe".into(),
+                message: e.to_string(),
+            })?),
+            None => None,
+        };
+        let argv = match &pipes {
+            Some(p) => self.launch.argv_with(p.fds()),
+            None => self.launch.argv.clone(),
+        };
+        let Some((program, args)) = argv.split_first() else {
             return Err(SpawnError::NotFound {
                 program: String::new(),
             });
@@ -89,7 +132,7 @@ impl SpawnSpec {
             .stderr(stderr)
             .process_group(0)
             .kill_on_drop(true);
-        cmd.spawn().map_err(|e| match e.kind() {
+        let spawn_error = |e: std::io::Error| match e.kind() {
             std::io::ErrorKind::NotFound => SpawnError::NotFound {
                 program: program.clone(),
             },
@@ -97,7 +140,16 @@ impl SpawnSpec {
                 program: program.clone(),
                 message: e.to_string(),
             },
-        })
+        };
+        let Some(pipes) = pipes else {
+            let _lock = spawn_lock();
+            return cmd.spawn().map_err(spawn_error);
+        };
+        let (mut child, readers) = pipes.spawn_with(|| cmd.spawn()).map_err(spawn_error)?;
+        match readers.check(&mut child, SANDBOX_SETUP_LIMIT).await {
+            Ok(()) => Ok(child),
+            Err(message) => Err(SpawnError::Sandbox { message }),
+        }
     }
 
     /// Tries `1 + retries` times, backing off from `backoff` (doubling, with
@@ -125,10 +177,18 @@ async fn run_setup(argv: &[String]) -> Result<(), SpawnError> {
         program: program.clone(),
         message,
     };
-    let out = Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = {
+        let _lock = spawn_lock();
+        cmd.spawn()
+    };
+    let out = child
+        .map_err(|e| setup_error(e.to_string()))?
+        .wait_with_output()
         .await
         .map_err(|e| setup_error(e.to_string()))?;
     if out.status.success() {
@@ -158,6 +218,7 @@ mod tests {
                 before: vec![],
                 argv: vec![program.into()],
                 after: vec![],
+                status_fd_slots: None,
             },
             agent_program: program.into(),
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
@@ -186,6 +247,135 @@ mod tests {
         let pid = child.id().unwrap() as i32;
         let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)));
         assert!(pgid.map(|g| g.as_raw() == pid).unwrap_or(true));
+        assert!(child.wait().await.unwrap().success());
+    }
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["/bin/sh".into(), "-c".into(), script.into()]
+    }
+
+    /// A launch that records its set-up and clean-up in `log`, as `jail -c`
+    /// and `jail -r` would run them.
+    fn recording(log: &std::path::Path, launcher: &str, create: &str) -> SpawnSpec {
+        let mut spec = spec("true");
+        let log = log.display();
+        spec.launch = Launch {
+            before: vec![sh(&format!("echo create >> {log}; {create}"))],
+            argv: vec![launcher.into()],
+            after: vec![sh(&format!("echo remove >> {log}"))],
+            status_fd_slots: None,
+        };
+        spec
+    }
+
+    // Regression: a failed try left its jail behind, so every retry failed
+    // with "already exists". Each failed try now removes what it created.
+    #[tokio::test]
+    async fn a_failed_try_removes_its_jail_before_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let err = recording(&log, "/nonexistent/jexec", "true")
+            .spawn(2, Duration::from_millis(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SpawnError::NotFound { .. }), "{err}");
+        let got = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            got.split_whitespace().collect::<Vec<_>>(),
+            ["create", "remove", "create", "remove", "create", "remove"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_create_is_cleaned_up_and_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let err = recording(&log, "true", "echo already exists >&2; exit 1")
+            .spawn(1, Duration::from_millis(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SpawnError::Setup { .. }), "{err}");
+        assert!(err.to_string().contains("already exists"), "{err}");
+        let got = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            got.split_whitespace().collect::<Vec<_>>(),
+            ["create", "remove", "create", "remove"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_started_agent_is_not_cleaned_up_by_spawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let mut child = recording(&log, "true", "true")
+            .spawn(2, Duration::from_millis(1))
+            .await
+            .unwrap();
+        assert!(child.wait().await.unwrap().success());
+        assert_eq!(std::fs::read_to_string(&log).unwrap().trim(), "create");
+    }
+
+    /// bwrap around `agent`, with `extra` options first; `None` when bwrap
+    /// cannot make namespaces here.
+    fn bwrapped(extra: &[&str], agent: &str) -> Option<SpawnSpec> {
+        let works = std::process::Command::new("bwrap")
+            .args(["--ro-bind", "/", "/", "--unshare-pid", "--", "true"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !works {
+            eprintln!("SKIPPED: bwrap cannot create namespaces here");
+            return None;
+        }
+        let sandbox = crate::confine::Sandbox {
+            workdir: std::env::temp_dir(),
+            network: broker::messages::NetworkPolicy::None,
+            name: "colibri_spawn_test".into(),
+            agent_user: String::new(),
+        };
+        let mut launch = crate::confine::launch(
+            crate::config::Confinement::Bwrap,
+            &sandbox,
+            &[agent.to_string()],
+            &[],
+        );
+        let at = 1 + crate::confine::bwrap::STATUS_FD_SLOTS[1];
+        let extra = extra.iter().map(|s| s.to_string());
+        launch.argv.splice(at..at, extra);
+        let mut spec = spec(agent);
+        spec.launch = launch;
+        Some(spec)
+    }
+
+    #[tokio::test]
+    async fn a_sandbox_bwrap_cannot_build_is_a_spawn_failure() {
+        let Some(spec) = bwrapped(&["--bind", "/nonexistent/colibri", "/x"], "true") else {
+            return;
+        };
+        let err = spec.spawn(1, Duration::from_millis(1)).await.unwrap_err();
+        assert!(matches!(err, SpawnError::Sandbox { .. }), "{err}");
+        assert!(err.to_string().contains("/nonexistent/colibri"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn agents_in_a_sandbox_run_whether_quick_slow_or_failing() {
+        for (agent, ok) in [("true", true), ("false", false)] {
+            let Some(spec) = bwrapped(&[], agent) else {
+                return;
+            };
+            let mut child = spec.spawn(0, Duration::from_millis(1)).await.unwrap();
+            assert_eq!(child.wait().await.unwrap().success(), ok, "{agent}");
+        }
+        let Some(mut spec) = bwrapped(&[], "sleep") else {
+            return;
+        };
+        let at = spec.launch.argv.len();
+        spec.launch.argv.insert(at, "0.3".into());
+        let started = std::time::Instant::now();
+        let mut child = spec.spawn(0, Duration::from_millis(1)).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_millis(250),
+            "waited for the agent"
+        );
         assert!(child.wait().await.unwrap().success());
     }
 }
