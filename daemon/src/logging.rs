@@ -6,7 +6,7 @@
 //! log to stderr too, and SIGHUP's default action would kill them.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -101,8 +101,11 @@ pub fn init(config: &LogConfig) -> anyhow::Result<()> {
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let file = match &config.file {
         None => {
+            // Colours only on a terminal: under daemon(8) -o or a journal,
+            // escape codes would end up in the log.
+            let ansi = io::stderr().is_terminal();
             match config.format {
-                LogFormat::Text => builder.with_writer(io::stderr).try_init(),
+                LogFormat::Text => builder.with_ansi(ansi).with_writer(io::stderr).try_init(),
                 LogFormat::Json => builder.json().with_writer(io::stderr).try_init(),
             }
             .map_err(|e| anyhow::anyhow!("installing the logger: {e}"))?;

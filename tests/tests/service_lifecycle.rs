@@ -233,6 +233,11 @@ async fn daemon_without_a_log_file_survives_sighup() -> anyhow::Result<()> {
         scheduler.try_wait()?.is_none(),
         "SIGHUP killed the scheduler"
     );
+    // Not a terminal (daemon(8) -o, the journal): no colour escapes in the log.
+    assert!(
+        !lines(&stderr).iter().any(|l| l.contains('\x1b')),
+        "ANSI escapes in a non-terminal log"
+    );
     board.status().await?;
 
     signal(scheduler.id().unwrap_or_default(), "-TERM")?;
