@@ -1,6 +1,7 @@
 //! Agents under real bubblewrap: they cannot write outside their work dir,
 //! cannot see the host's processes, and cannot reach the network when the
-//! policy says none; a grandchild cannot outlive a cancel.
+//! policy says none; a grandchild cannot outlive a cancel; a sandbox bwrap
+//! cannot build is a spawn failure, retried, not an agent failure.
 
 mod worker_support;
 
@@ -149,5 +150,55 @@ async fn cancel_under_bwrap_leaves_nothing_behind() -> anyhow::Result<()> {
     assert_eq!(outcome, Outcome::Cancelled, "{reason}");
     let left: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
     assert!(left.is_empty(), "processes of the task remain: {left:?}");
+    Ok(())
+}
+
+/// Regression: bwrap failing to build the sandbox (here a bind source that
+/// does not exist) exited 1 and the attempt ended `failed`, never retried.
+/// It is a spawn failure: retried, then `spawn_failed` with bwrap's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bwrap_setup_error_is_a_spawn_failure_after_retries() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if !bwrap_works() {
+        return Ok(());
+    }
+    // A `bwrap` first on the agent profile's PATH (which the launcher is
+    // looked up in): the real one, with a bind source that does not exist.
+    let bin = tempfile::tempdir()?;
+    let tries = bin.path().join("tries");
+    let wrapper = bin.path().join("bwrap");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho try >> {}\nexec /usr/bin/bwrap --bind /nonexistent/colibri-e2e /x \"$@\"\n",
+            tries.display()
+        ),
+    )?;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    let path = format!("{}:/usr/local/bin:/usr/bin:/bin", bin.path().display());
+    let mut fleet = Fleet::start().await?;
+    let w = fleet
+        .worker("boxed", |cfg| {
+            confined(cfg);
+            cfg.limits.spawn_retries = 2;
+            cfg.agents.insert(worker::profiles::AgentProfile {
+                name: broker::Tag::parse("broken").expect("valid tag"),
+                argv: vec![worker_support::fake_agent().display().to_string()],
+                models: Default::default(),
+                env: [("PATH".to_string(), worker::secret::Secret::new(path))].into(),
+            });
+        })
+        .await?;
+    let mut task = fake_task(&[]);
+    task.agent = broker::Tag::parse("broken")?;
+    fleet.run(&w.id, &task, 1).await?;
+    let (outcome, code, reason) = fleet.finished(&task).await?;
+    assert_eq!((outcome, code), (Outcome::SpawnFailed, None), "{reason}");
+    assert!(
+        reason.contains("Can't find source path /nonexistent/colibri-e2e"),
+        "{reason}"
+    );
+    assert!(reason.contains("after 3 tries"), "{reason}");
+    assert_eq!(std::fs::read_to_string(&tries)?.lines().count(), 3);
     Ok(())
 }
