@@ -74,6 +74,8 @@ pub struct Limits {
     pub max_run: Duration,
     /// No output this long: timed out.
     pub idle: Duration,
+    /// No output this long: the session's pane shows `stalled` (it runs on).
+    pub stall: Duration,
     /// SIGTERM to SIGKILL.
     pub kill_grace: Duration,
     /// Spawn failures retried this many times (after the first try).
@@ -91,6 +93,7 @@ impl Default for Limits {
             // --timeout is capped at this.
             max_run: Duration::from_secs(21600),
             idle: Duration::from_secs(600),
+            stall: Duration::from_secs(120),
             kill_grace: Duration::from_secs(10),
             spawn_retries: 3,
             spawn_backoff: Duration::from_millis(200),
@@ -288,6 +291,7 @@ struct FileConfig {
 struct LimitsFile {
     max_run_secs: Option<i64>,
     idle_secs: Option<i64>,
+    stall_secs: Option<i64>,
     kill_grace_secs: Option<i64>,
     spawn_retries: Option<i64>,
     shutdown_grace_secs: Option<i64>,
@@ -363,6 +367,7 @@ fn parse_file(text: &str, problems: &mut Vec<Problem>) -> FileConfig {
                     let slot = match k.as_str() {
                         "max_run_secs" => &mut file.limits.max_run_secs,
                         "idle_secs" => &mut file.limits.idle_secs,
+                        "stall_secs" => &mut file.limits.stall_secs,
                         "kill_grace_secs" => &mut file.limits.kill_grace_secs,
                         "spawn_retries" => &mut file.limits.spawn_retries,
                         "shutdown_grace_secs" => &mut file.limits.shutdown_grace_secs,
@@ -524,6 +529,7 @@ pub fn resolve(text: Option<&str>, flags: &WorkerFlags) -> Result<WorkerConfig, 
             &mut problems,
         ),
         idle: secs("limits.idle_secs", l.idle_secs, d.idle, 1, &mut problems),
+        stall: secs("limits.stall_secs", l.stall_secs, d.stall, 1, &mut problems),
         kill_grace: secs(
             "limits.kill_grace_secs",
             l.kill_grace_secs,
@@ -685,6 +691,7 @@ keep_workdirs = "sometimes"
 colour = "blue"
 [limits]
 idle_secs = 0
+stall_secs = 0
 spawn_retries = -1
 bogus = 1
 [agents.pi]
@@ -701,6 +708,7 @@ argv = ["x"]
             "keep_workdirs",
             "colour",
             "limits.idle_secs",
+            "limits.stall_secs",
             "limits.spawn_retries",
             "limits.bogus",
             "agents.pi.argv",

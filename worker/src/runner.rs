@@ -73,7 +73,8 @@ pub async fn run(
         config.worker_id.clone(),
         config.state_dir.clone(),
     )
-    .with_fleet_cost(fleet_cost);
+    .with_fleet_cost(fleet_cost)
+    .with_stall_after(config.limits.stall);
     let mut state = State {
         presence: Presence::new(&config, incarnation),
         fleet_mode,

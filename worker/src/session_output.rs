@@ -100,6 +100,12 @@ impl SessionOutput {
         }
     }
 
+    /// Marks a session `stalled` after `after` without output.
+    pub fn with_stall_after(mut self, after: std::time::Duration) -> SessionOutput {
+        self.pump.stall_after = after;
+        self
+    }
+
     /// Follows the fleet's cost settings from `fleet_cost`.
     pub fn with_fleet_cost(mut self, fleet_cost: watch::Receiver<FleetCost>) -> SessionOutput {
         self.fleet_cost = fleet_cost;
