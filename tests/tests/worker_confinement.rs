@@ -135,6 +135,7 @@ async fn cancel_under_bwrap_leaves_nothing_behind() -> anyhow::Result<()> {
         marker: String::new(),
         contained: true,
         since: 0,
+        forks_at_start: None,
     };
     let pids = eventually(LONG, "agent and 3 grandchildren running", || {
         let tree = tree.clone();

@@ -33,12 +33,20 @@ pub struct Tree {
     /// The agent's start time (clock ticks since boot): processes older than
     /// it cannot be of this attempt, so their environment is not read.
     pub since: u64,
+    /// The kernel's fork count read right after the agent was spawned: lets
+    /// [`Tree::members`] read only the processes newer than the agent.
+    pub forks_at_start: Option<u64>,
 }
 
 impl Tree {
     /// Live pids of the tree now (group members, descendants, marked).
     pub fn members(&self) -> Vec<i32> {
-        let procs = procfs::snapshot();
+        // Every member is newer than the agent: read only those when the
+        // kernel's counters allow, else every process.
+        let procs = self
+            .forks_at_start
+            .and_then(|forks| procfs::snapshot_since(self.pgid, forks))
+            .unwrap_or_else(procfs::snapshot);
         let mut pids: Vec<i32> = procs
             .iter()
             .filter(|p| p.pgrp == self.pgid && p.is_alive())

@@ -132,6 +132,7 @@ impl Supervised {
                 marker,
                 contained,
                 since: procfs::process(pid as i32).map_or(0, |p| p.start),
+                forks_at_start: procfs::forks(),
             },
             session,
             cleanup,

@@ -62,6 +62,56 @@ pub fn snapshot() -> Vec<Proc> {
         .collect()
 }
 
+/// Processes (and threads) the kernel has created since boot: the
+/// `processes` line of `/proc/stat`.
+pub fn forks() -> Option<u64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    stat.lines()
+        .find_map(|l| l.strip_prefix("processes "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+fn read_number(path: &str) -> Option<i32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Kernel forks that may have happened between an agent's pid being given
+/// out and [`forks`] being read after its spawn (far more than can happen).
+const FORKS_MARGIN: u64 = 1024;
+
+/// Widest range of pids [`snapshot_since`] reads one by one; beyond it a
+/// whole [`snapshot`] is no dearer.
+const MAX_SPAN: i32 = 4096;
+
+/// The pids given out since `first` (itself included), in order, when the
+/// kernel's counters prove that no other pid can have been: pids are given
+/// out cyclically upwards from the last one (`last`, below `max`, wrapping
+/// to the first free pid above 300), so with fewer forks since than `max`
+/// every newer process lies in the cyclic range `first..=last`.
+fn pids_since(first: i32, last: i32, max: i32, forks_since: u64) -> Option<Vec<i32>> {
+    if forks_since + FORKS_MARGIN >= max as u64 || first <= 0 || first >= max {
+        return None;
+    }
+    let pids: Vec<i32> = if last >= first {
+        (first..=last).collect()
+    } else {
+        (first..max).chain(1..=last).collect()
+    };
+    (pids.len() as i32 <= MAX_SPAN).then_some(pids)
+}
+
+/// Every process created since `first` was (the agent, whose descendants
+/// and marked processes are all newer), read pid by pid; `None` when that
+/// cannot be proven complete (see [`pids_since`]): take a [`snapshot`].
+/// `forks_at_start` is [`forks`] read right after `first` was spawned.
+pub fn snapshot_since(first: i32, forks_at_start: u64) -> Option<Vec<Proc>> {
+    let forks_since = forks()?.checked_sub(forks_at_start)?;
+    let last = read_number("/proc/sys/kernel/ns_last_pid")?;
+    let max = read_number("/proc/sys/kernel/pid_max")?;
+    let pids = pids_since(first, last, max, forks_since)?;
+    Some(pids.into_iter().filter_map(process).collect())
+}
+
 /// The state of one process, `None` when it is gone.
 pub fn process(pid: i32) -> Option<Proc> {
     fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -166,6 +216,39 @@ mod tests {
         let mut d = descendants(&procs, 10);
         d.sort();
         assert_eq!(d, vec![11, 12]);
+    }
+
+    #[test]
+    fn pids_since_is_the_cyclic_range_when_no_full_cycle_can_have_passed() {
+        assert_eq!(pids_since(100, 103, 32768, 3), Some(vec![100, 101, 102, 103]));
+        assert_eq!(pids_since(32766, 2, 32768, 5), Some(vec![32766, 32767, 1, 2]));
+        // Enough forks since for the pids to have gone all the way round.
+        assert_eq!(pids_since(100, 103, 32768, 32768 - 1024), None);
+        // Too wide to read one by one.
+        assert_eq!(pids_since(100, 100 + 4096, 4_194_304, 4096), None);
+        assert_eq!(pids_since(0, 10, 32768, 1), None);
+    }
+
+    /// A process that left the group and the parent links (`setsid`, its
+    /// parent gone) is still found among the newer ones.
+    #[test]
+    fn snapshot_since_finds_an_escaped_grandchild() {
+        let forks_at_start = forks().expect("/proc/stat");
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "setsid sleep 30 >/dev/null 2>&1 & echo $!"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let first = child.id() as i32;
+        let out = child.wait_with_output().expect("sh ends");
+        let escaped: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("pid");
+        let found = snapshot_since(first, forks_at_start)
+            .expect("few forks since: the range is provably complete");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(escaped),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        assert!(found.iter().any(|p| p.pid == escaped), "{found:?}");
     }
 
     #[test]
