@@ -27,7 +27,9 @@ pub fn parse_object(line: &Line) -> Option<Value> {
 #[derive(Clone, Copy)]
 enum Open {
     /// An object; true while a key (not a value) comes next.
-    Object { want_key: bool },
+    Object {
+        want_key: bool,
+    },
     Array,
 }
 
@@ -151,7 +153,9 @@ mod tests {
 
     #[test]
     fn an_open_string_value_ends_at_the_cut() {
-        let v = closed(r#"{"type":"tool_execution_end","toolCallId":"t1","result":{"content":[{"type":"text","text":"aaaa"#);
+        let v = closed(
+            r#"{"type":"tool_execution_end","toolCallId":"t1","result":{"content":[{"type":"text","text":"aaaa"#,
+        );
         assert_eq!(v["type"], "tool_execution_end");
         assert_eq!(v["toolCallId"], "t1");
         assert_eq!(v["result"]["content"][0]["text"], "aaaa");
@@ -159,12 +163,30 @@ mod tests {
 
     #[test]
     fn a_half_key_or_value_is_dropped() {
-        assert_eq!(closed(r#"{"type":"a","ke"#), serde_json::json!({"type":"a"}));
-        assert_eq!(closed(r#"{"type":"a","key":"#), serde_json::json!({"type":"a"}));
-        assert_eq!(closed(r#"{"type":"a","n":12"#), serde_json::json!({"type":"a"}));
-        assert_eq!(closed(r#"{"type":"a","n":12,"#), serde_json::json!({"type":"a","n":12}));
-        assert_eq!(closed(r#"{"type":"a","l":[1,2,tr"#), serde_json::json!({"type":"a","l":[1,2]}));
-        assert_eq!(closed(r#"{"type":"a","o":{"#), serde_json::json!({"type":"a","o":{}}));
+        assert_eq!(
+            closed(r#"{"type":"a","ke"#),
+            serde_json::json!({"type":"a"})
+        );
+        assert_eq!(
+            closed(r#"{"type":"a","key":"#),
+            serde_json::json!({"type":"a"})
+        );
+        assert_eq!(
+            closed(r#"{"type":"a","n":12"#),
+            serde_json::json!({"type":"a"})
+        );
+        assert_eq!(
+            closed(r#"{"type":"a","n":12,"#),
+            serde_json::json!({"type":"a","n":12})
+        );
+        assert_eq!(
+            closed(r#"{"type":"a","l":[1,2,tr"#),
+            serde_json::json!({"type":"a","l":[1,2]})
+        );
+        assert_eq!(
+            closed(r#"{"type":"a","o":{"#),
+            serde_json::json!({"type":"a","o":{}})
+        );
     }
 
     #[test]
@@ -204,8 +226,8 @@ mod tests {
                 continue;
             }
             let text = close(&line[..cut]).unwrap_or_else(|| panic!("cut at {cut}"));
-            let v: Value = serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("cut at {cut}: {text}: {e}"));
+            let v: Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("cut at {cut}: {text}: {e}"));
             assert!(v.is_object(), "cut at {cut}");
             if cut > r#"{"type":"agent_end""#.len() {
                 assert_eq!(v["type"], "agent_end", "cut at {cut}");

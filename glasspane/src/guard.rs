@@ -32,6 +32,12 @@ pub trait AppendGuard: Send {
     /// Called after `event` was numbered `seq`, written as `line` (JSON and
     /// LF) and offered to the publisher.
     fn after_append(&mut self, seq: u64, event: &Event, line: &[u8]) -> Vec<GuardAction>;
+    /// An outcome the guard imposes on the session, asked once all output
+    /// was read (a spend ceiling crossed by the last lines, even though the
+    /// agent exited before it could be stopped). None by default.
+    fn imposed(&self) -> Option<(broker::messages::Outcome, String)> {
+        None
+    }
 }
 
 /// The guard that does nothing.

@@ -344,7 +344,8 @@ mod tests {
             let l = if l.starts_with(r#"{"type":"tool_execution_end","toolCallId":"toolu_01A""#) {
                 l.replace("test result: ok. 12 passed", &big)
             } else if l.starts_with(r#"{"type":"agent_end","messages":["#) {
-                let pad = format!(r#"{{"role":"user","content":[{{"type":"text","text":"{big}"}}]}},"#);
+                let pad =
+                    format!(r#"{{"role":"user","content":[{{"type":"text","text":"{big}"}}]}},"#);
                 l.replacen(r#""messages":["#, &format!(r#""messages":[{pad}"#), 1)
             } else {
                 l.to_owned()
@@ -369,7 +370,9 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert!(ends.iter().any(|(id, len)| id == "toolu_01A" && *len == Limits::default().result));
+        assert!(ends
+            .iter()
+            .any(|(id, len)| id == "toolu_01A" && *len == Limits::default().result));
         assert_eq!(p.verdict(&AgentExit::success()), Verdict::ok());
     }
 }

@@ -102,6 +102,8 @@ pub struct LiveState {
     pub last_output: Instant,
     /// Events numbered so far (the last `seq`).
     pub events: u64,
+    /// The latest cost-mode escalation of the session.
+    pub escalation: Option<broker::messages::Escalated>,
 }
 
 impl Default for LiveState {
@@ -113,6 +115,7 @@ impl Default for LiveState {
             usage: Usage::default(),
             last_output: Instant::now(),
             events: 0,
+            escalation: None,
         }
     }
 }
@@ -266,7 +269,10 @@ where
         }
     }
 
-    let ending = exit.await;
+    let mut ending = exit.await;
+    if ending.imposed.is_none() {
+        ending.imposed = em.guard.imposed();
+    }
     let agent = parser.verdict(&ending.exit);
     let (outcome, reason) = verdict(&agent, &ending);
     let success = outcome == Outcome::Succeeded;
@@ -471,6 +477,17 @@ impl Emitter {
                 Event::ToolEnd { .. } => s.current_tool.take().is_some(),
                 Event::Usage { total, .. } => {
                     s.usage = total.clone();
+                    true
+                }
+                Event::Escalation {
+                    from, to, reason, ..
+                } => {
+                    s.escalation = Some(broker::messages::Escalated {
+                        from: *from,
+                        to: *to,
+                        reason: reason.clone(),
+                        at_ms,
+                    });
                     true
                 }
                 _ => false,

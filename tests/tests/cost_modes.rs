@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use broker::cost_mode::CostMode;
 use broker::messages::session::{Event, SessionEvent};
-use broker::messages::{decode, Outcome, RunOrder, TaskSpec, WorkItem};
+use broker::messages::{decode, Outcome, ReportBody, RunOrder, TaskSpec, WorkItem};
 use broker::provision::{CONFIG_BUCKET, COST_CEILING_KEY, COST_MODE_KEY};
 use broker::{subjects, SessionId, Tag, TagSet};
 use costmode::{segment, Ledger};
@@ -287,6 +287,22 @@ async fn escalation_stops_at_the_ceiling_then_rolls_over() -> anyhow::Result<()>
         escalations,
         [(CostMode::Fast, CostMode::Smart, CostMode::Smart)],
         "one step, never past the ceiling"
+    );
+    // The escalation reaches the board through the attempt's progress.
+    let reported = fleet
+        .seen_reports
+        .iter()
+        .filter(|r| r.task_id == task.id)
+        .find_map(|r| match &r.body {
+            ReportBody::Progress {
+                escalation: Some(e),
+                ..
+            } => Some((e.from, e.to, e.reason.clone())),
+            _ => None,
+        });
+    assert!(
+        matches!(&reported, Some((CostMode::Fast, CostMode::Smart, reason)) if !reason.is_empty()),
+        "{reported:?}"
     );
     let segments = events
         .iter()

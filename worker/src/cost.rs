@@ -186,6 +186,13 @@ impl CostGuard {
 }
 
 impl AppendGuard for CostGuard {
+    fn imposed(&self) -> Option<(broker::messages::Outcome, String)> {
+        self.budget
+            .borrow()
+            .clone()
+            .map(|reason| (broker::messages::Outcome::BudgetExceeded, reason))
+    }
+
     fn before_append(&mut self, event: &mut Event) {
         if self.fleet.has_changed().unwrap_or(false) {
             let f = *self.fleet.borrow_and_update();

@@ -97,6 +97,7 @@ fn same_report(a: &LiveState, b: &LiveState) -> bool {
     a.pane == b.pane
         && a.current_tool == b.current_tool
         && a.usage == b.usage
+        && a.escalation == b.escalation
         && a.last_event_ms == b.last_event_ms
 }
 
@@ -118,6 +119,7 @@ pub async fn report(
             current_tool: state.current_tool,
             usage: state.usage,
             seq,
+            escalation: state.escalation,
         };
         let report = reporter.report(attempt.task_id, attempt.attempt, body);
         let reporter = reporter.clone();

@@ -156,6 +156,10 @@ pub struct AttemptRecord {
     pub current_tool: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// The session's latest cost-mode escalation (its `to` is the mode in
+    /// force since), with the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<super::report::Escalated>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -73,6 +73,9 @@ pub enum ReportBody {
         /// has its own `Nats-Msg-Id`; 0 from senders that predate it.
         #[serde(default)]
         seq: u64,
+        /// The session's latest cost-mode escalation, if it escalated.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        escalation: Option<Escalated>,
     },
 }
 
@@ -84,6 +87,15 @@ impl ReportBody {
             ReportBody::Progress { .. } => "progress",
         }
     }
+}
+
+/// A session's cost mode went one step looser (see `Event::Escalation`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Escalated {
+    pub from: crate::cost_mode::CostMode,
+    pub to: crate::cost_mode::CostMode,
+    pub reason: String,
+    pub at_ms: i64,
 }
 
 /// How an attempt ended, as judged by the worker.
@@ -175,6 +187,7 @@ mod tests {
             current_tool: None,
             usage: Usage::default(),
             seq,
+            escalation: None,
         }
     }
 

@@ -78,6 +78,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE tasks ADD COLUMN home_worker TEXT;
     CREATE INDEX attempts_by_session ON attempts(session);
     "#,
+    // 3: the latest cost-mode escalation of an attempt's session (JSON).
+    r#"
+    ALTER TABLE attempts ADD COLUMN escalation TEXT;
+    "#,
 ];
 
 /// Brings the schema to the newest version.

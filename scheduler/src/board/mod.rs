@@ -15,7 +15,7 @@ mod write;
 use std::path::Path;
 
 pub use read::BoardReader;
-pub use write::{ActiveRow, AttemptEnd, BoardTx};
+pub use write::{ActiveRow, AttemptEnd, BoardTx, Progress};
 
 use rusqlite::Connection;
 

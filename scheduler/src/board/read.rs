@@ -51,6 +51,7 @@ fn attempt_record(row: &Row<'_>) -> rusqlite::Result<AttemptRecord> {
     let session: String = row.get(2)?;
     let outcome: Option<String> = row.get(6)?;
     let usage: Option<String> = row.get(12)?;
+    let escalation: Option<String> = row.get(13)?;
     Ok(AttemptRecord {
         attempt: row.get(0)?,
         worker: WorkerId::parse(&worker).map_err(|e| {
@@ -67,10 +68,11 @@ fn attempt_record(row: &Row<'_>) -> rusqlite::Result<AttemptRecord> {
         last_event_ms: row.get(10)?,
         current_tool: row.get(11)?,
         usage: usage.and_then(|u| serde_json::from_str(&u).ok()),
+        escalation: escalation.and_then(|e| serde_json::from_str(&e).ok()),
     })
 }
 
-const ATTEMPT_COLUMNS: &str = "attempt, worker, session, assigned_at_ms, started_at_ms, ended_at_ms, outcome, exit_code, reason, pane, last_event_ms, current_tool, usage";
+const ATTEMPT_COLUMNS: &str = "attempt, worker, session, assigned_at_ms, started_at_ms, ended_at_ms, outcome, exit_code, reason, pane, last_event_ms, current_tool, usage, escalation";
 
 impl BoardReader {
     /// Opens a read-only connection to an existing board.
@@ -215,6 +217,9 @@ impl BoardReader {
                 usage: r
                     .get::<_, Option<String>>(14)?
                     .and_then(|u| serde_json::from_str(&u).ok()),
+                escalation: r
+                    .get::<_, Option<String>>(15)?
+                    .and_then(|e| serde_json::from_str(&e).ok()),
             };
             Ok(RunningAttempt {
                 task_id: id.parse().unwrap_or_default(),

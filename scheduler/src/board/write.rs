@@ -35,6 +35,16 @@ pub struct AttemptEnd<'a> {
     pub usage: Option<&'a Usage>,
 }
 
+/// A running attempt's live session summary, from a progress report.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress<'a> {
+    pub pane: &'a str,
+    pub last_event_ms: i64,
+    pub current_tool: Option<&'a str>,
+    pub usage: &'a Usage,
+    pub escalation: Option<&'a broker::messages::Escalated>,
+}
+
 pub struct BoardTx<'a> {
     tx: Transaction<'a>,
 }
@@ -261,23 +271,22 @@ impl<'a> BoardTx<'a> {
         &self,
         task: &TaskId,
         attempt: u32,
-        pane: &str,
-        last_event_ms: i64,
-        current_tool: Option<&str>,
-        usage: &Usage,
+        p: &Progress<'_>,
     ) -> Result<(), BoardError> {
         self.tx
             .prepare_cached(
-                "UPDATE attempts SET pane = ?3, last_event_ms = ?4, current_tool = ?5, usage = ?6
+                "UPDATE attempts SET pane = ?3, last_event_ms = ?4, current_tool = ?5, usage = ?6,
+                     escalation = COALESCE(?7, escalation)
              WHERE task_id = ?1 AND attempt = ?2",
             )?
             .execute(params![
                 task.to_string(),
                 attempt,
-                pane,
-                last_event_ms,
-                current_tool,
-                json(usage)
+                p.pane,
+                p.last_event_ms,
+                p.current_tool,
+                json(p.usage),
+                p.escalation.map(json)
             ])?;
         Ok(())
     }

@@ -68,7 +68,12 @@ pub async fn run(api_client: &ApiClient, args: ShowArgs) -> Result<(), CliError>
                             .trim_matches('"')
                             .to_string()
                     })
-                    .unwrap_or_else(|| a.pane.clone().unwrap_or_else(|| "-".into())),
+                    .unwrap_or_else(|| match (a.ended_at_ms, &a.pane) {
+                        // Closed by the scheduler when its worker was lost.
+                        (Some(_), _) => "lost".into(),
+                        (None, Some(pane)) => pane.clone(),
+                        (None, None) => "-".into(),
+                    }),
                 a.exit_code
                     .map(|c| c.to_string())
                     .unwrap_or_else(|| "-".into()),
@@ -82,6 +87,18 @@ pub async fn run(api_client: &ApiClient, args: ShowArgs) -> Result<(), CliError>
         ],
         &rows,
     );
+    for a in &d.attempts {
+        if let Some(e) = &a.escalation {
+            println!(
+                "attempt {} escalated {} -> {} at {}: {}",
+                a.attempt,
+                e.from,
+                e.to,
+                render::time(e.at_ms),
+                e.reason
+            );
+        }
+    }
     println!();
     for t in &d.transitions {
         println!(

@@ -80,6 +80,11 @@ pub async fn run(api_client: &ApiClient, args: StatusArgs) -> Result<(), CliErro
                         .and_then(|u| u.cost_usd)
                         .map(|c| format!("${c:.4}"))
                         .unwrap_or_else(|| "-".into()),
+                    r.record
+                        .escalation
+                        .as_ref()
+                        .map(|e| format!("{} -> {}", e.from, e.to))
+                        .unwrap_or_else(|| "-".into()),
                     r.title.clone(),
                 ]
             })
@@ -93,6 +98,7 @@ pub async fn run(api_client: &ApiClient, args: StatusArgs) -> Result<(), CliErro
                 "TOOL",
                 "TOKENS",
                 "COST",
+                "ESCALATED",
                 "TITLE",
             ],
             &rows,

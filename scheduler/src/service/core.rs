@@ -384,15 +384,19 @@ impl Core {
                 last_event_ms,
                 current_tool,
                 usage,
+                escalation,
                 ..
             } => {
                 tx.attempt_progress(
                     &id,
                     a.attempt,
-                    &pane,
-                    last_event_ms,
-                    current_tool.as_deref(),
-                    &usage,
+                    &crate::board::Progress {
+                        pane: &pane,
+                        last_event_ms,
+                        current_tool: current_tool.as_deref(),
+                        usage: &usage,
+                        escalation: escalation.as_ref(),
+                    },
                 )?;
             }
             ReportBody::Finished {

@@ -220,8 +220,14 @@ mod tests {
 
     #[test]
     fn pids_since_is_the_cyclic_range_when_no_full_cycle_can_have_passed() {
-        assert_eq!(pids_since(100, 103, 32768, 3), Some(vec![100, 101, 102, 103]));
-        assert_eq!(pids_since(32766, 2, 32768, 5), Some(vec![32766, 32767, 1, 2]));
+        assert_eq!(
+            pids_since(100, 103, 32768, 3),
+            Some(vec![100, 101, 102, 103])
+        );
+        assert_eq!(
+            pids_since(32766, 2, 32768, 5),
+            Some(vec![32766, 32767, 1, 2])
+        );
         // Enough forks since for the pids to have gone all the way round.
         assert_eq!(pids_since(100, 103, 32768, 32768 - 1024), None);
         // Too wide to read one by one.
@@ -234,14 +240,17 @@ mod tests {
     #[test]
     fn snapshot_since_finds_an_escaped_grandchild() {
         let forks_at_start = forks().expect("/proc/stat");
-        let mut child = std::process::Command::new("/bin/sh")
+        let child = std::process::Command::new("/bin/sh")
             .args(["-c", "setsid sleep 30 >/dev/null 2>&1 & echo $!"])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("spawn sh");
         let first = child.id() as i32;
         let out = child.wait_with_output().expect("sh ends");
-        let escaped: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("pid");
+        let escaped: i32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("pid");
         let found = snapshot_since(first, forks_at_start)
             .expect("few forks since: the range is provably complete");
         let _ = nix::sys::signal::kill(
