@@ -13,6 +13,13 @@ use super::Sandbox;
 use broker::messages::NetworkPolicy;
 
 /// `jail -c ...`: creates the agent's jail (root `/`, the work dir as cwd).
+///
+/// No `mount.devfs`: with `path=/` it would mount a devfs restricted by the
+/// jail ruleset over the host's own `/dev` until `jail -r`, hiding the
+/// host's devices from the host. The jail sees the host's `/dev`, with its
+/// permissions, as any process of the agent user would. A per-attempt root
+/// (nullfs of the host read-only, the work dir read-write, a fresh `/tmp`,
+/// its own devfs) is the next step; see the closing note of the issue.
 pub fn create_argv(sandbox: &Sandbox) -> Vec<String> {
     let ip4 = match sandbox.network {
         NetworkPolicy::None => "ip4=disable",
@@ -25,7 +32,6 @@ pub fn create_argv(sandbox: &Sandbox) -> Vec<String> {
         "path=/".into(),
         format!("host.hostname={}", sandbox.name),
         ip4.into(),
-        "mount.devfs".into(),
         "securelevel=3".into(),
         "children.max=0".into(),
         "persist".into(),
@@ -81,11 +87,11 @@ mod tests {
     fn create_argv_to_the_letter() {
         assert_eq!(
             create_argv(&sandbox(NetworkPolicy::None)).join(" "),
-            "jail -c name=colibri_0190ab_1 path=/ host.hostname=colibri_0190ab_1 ip4=disable mount.devfs securelevel=3 children.max=0 persist"
+            "jail -c name=colibri_0190ab_1 path=/ host.hostname=colibri_0190ab_1 ip4=disable securelevel=3 children.max=0 persist"
         );
         assert_eq!(
             create_argv(&sandbox(NetworkPolicy::Host)).join(" "),
-            "jail -c name=colibri_0190ab_1 path=/ host.hostname=colibri_0190ab_1 ip4=inherit mount.devfs securelevel=3 children.max=0 persist"
+            "jail -c name=colibri_0190ab_1 path=/ host.hostname=colibri_0190ab_1 ip4=inherit securelevel=3 children.max=0 persist"
         );
     }
 
