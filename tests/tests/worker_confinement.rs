@@ -61,6 +61,53 @@ async fn agent_cannot_write_outside_its_workdir() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The worker's config (every agent's API keys), its NATS seed and its
+/// state dir (other attempts' work dirs and transcripts) are out of sight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_cannot_read_the_workers_secrets_or_state() -> anyhow::Result<()> {
+    if !bwrap_works() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let config = dir.path().join("worker.toml");
+    std::fs::write(
+        &config,
+        "[agents.claude]\nenv = { ANTHROPIC_API_KEY = \"sk-ant-SECRET\" }\n",
+    )?;
+    let seed = dir.path().join("debby.nk");
+    std::fs::write(&seed, "SUAEXAMPLESEEDSECRET")?;
+    let mut fleet = Fleet::start().await?;
+    let (c, s) = (config.clone(), seed.clone());
+    let w = fleet
+        .worker("boxed", move |cfg| {
+            confined(cfg);
+            cfg.config_file = Some(c);
+            cfg.connect.nkey = Some(s);
+        })
+        .await?;
+    let state = w.state.path().canonicalize()?;
+    let script = format!(
+        "cat {} {} > seen.txt 2>&1; ls -a {}/sessions > sessions.txt 2>&1; true",
+        config.display(),
+        seed.display(),
+        state.display()
+    );
+    let task = command_task(&["/bin/sh", "-c", &script]);
+    fleet.run(&w.id, &task, 1).await?;
+    let (outcome, _, reason) = fleet.finished(&task).await?;
+    assert_eq!(outcome, Outcome::Succeeded, "{reason}");
+    let seen = std::fs::read_to_string(w.workdir(&task, 1).join("seen.txt"))?;
+    assert!(!seen.contains("SECRET"), "the agent read a secret: {seen}");
+    let sessions = std::fs::read_to_string(w.workdir(&task, 1).join("sessions.txt"))?;
+    assert!(
+        !sessions.contains(".jsonl"),
+        "the agent sees transcripts: {sessions}"
+    );
+    // The worker itself still has them.
+    assert!(std::fs::read_to_string(&config)?.contains("SECRET"));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_cannot_see_host_processes() -> anyhow::Result<()> {
     if !bwrap_works() {

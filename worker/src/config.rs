@@ -122,6 +122,8 @@ pub struct WorkerConfig {
     pub heartbeat_interval: Duration,
     pub connect: ConnectArgs,
     pub log: LogConfig,
+    /// The file the configuration was read from (`--config`), if any.
+    pub config_file: Option<PathBuf>,
 }
 
 impl WorkerConfig {
@@ -146,7 +148,24 @@ impl WorkerConfig {
             ),
             connect: ConnectArgs::default(),
             log: LogConfig::default(),
+            config_file: None,
         }
+    }
+
+    /// Files that hold the worker's secrets (its config, with every agent's
+    /// API keys; its NATS seed or credentials; its TLS key): confined agents
+    /// never see them.
+    pub fn secret_files(&self) -> Vec<PathBuf> {
+        [
+            self.config_file.as_ref(),
+            self.connect.nkey.as_ref(),
+            self.connect.creds.as_ref(),
+            self.connect.tls_key.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
     }
 
     /// Where attempts' work dirs are made.
@@ -610,6 +629,7 @@ pub fn resolve(text: Option<&str>, flags: &WorkerFlags) -> Result<WorkerConfig, 
             ),
             connect,
             log,
+            config_file: flags.config.clone(),
         }),
         _ if problems.len() == missing => Err(ConfigError::Missing(problems)),
         _ => Err(ConfigError::Invalid(problems)),

@@ -132,6 +132,8 @@ impl Executor {
             network: task.network.unwrap_or(cfg.network.into()),
             name: format!("colibri_{}_{}", task.id.0.simple(), order.attempt),
             agent_user: cfg.agent_user.clone(),
+            hide_dirs: existing(std::iter::once(cfg.state_dir.clone())),
+            hide_files: existing(cfg.secret_files()),
         };
         let launch = confine::launch(cfg.confinement, &sandbox, &invocation.argv, &env);
         let cleanup = launch.after.clone();
@@ -225,4 +227,17 @@ pub async fn wait_stop(stop: &mut StopRx) -> crate::supervise::StopCause {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// The paths of `paths` that exist, made absolute and free of links (what
+/// bwrap mounts over must exist; `/` is never hidden).
+fn existing(paths: impl IntoIterator<Item = PathBuf>) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = paths
+        .into_iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .filter(|p| p.parent().is_some())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }

@@ -3,8 +3,10 @@
 //! uts namespaces (and network namespace when the policy is `none`), killed
 //! with its parent, in a new session (no terminal injection via TIOCSTI).
 //!
-//! Order matters: the work dir is bound after the fresh `/tmp`, so a work dir
-//! under `/tmp` stays visible.
+//! Order matters: the work dir is bound after the fresh `/tmp` and after the
+//! hidden paths (the worker's state dir under an empty tmpfs, its config,
+//! seed and keys under `/dev/null`), so a work dir under either stays
+//! visible while nothing else of the worker's is.
 //!
 //! bwrap reports on its set-up through two inherited fds: `--info-fd` gets
 //! the sandbox's `child-pid` and reaches end of file once the sandboxed child
@@ -60,10 +62,20 @@ pub fn argv(sandbox: &Sandbox, agent_argv: &[String], fds: StatusFds) -> Vec<Str
             "/proc",
             "--tmpfs",
             "/tmp",
-            "--bind",
         ]
         .map(String::from),
     );
+    // The worker's secrets and other attempts' data, out of sight; then the
+    // work dir, which may lie under a hidden dir.
+    for dir in &sandbox.hide_dirs {
+        argv.push("--tmpfs".into());
+        argv.push(dir.to_string_lossy().into_owned());
+    }
+    for file in &sandbox.hide_files {
+        argv.extend(["--ro-bind".into(), "/dev/null".into()]);
+        argv.push(file.to_string_lossy().into_owned());
+    }
+    argv.push("--bind".into());
     argv.push(workdir.clone());
     argv.push(workdir.clone());
     argv.extend(["--unshare-pid", "--unshare-ipc", "--unshare-uts"].map(String::from));
@@ -93,6 +105,8 @@ mod tests {
             network,
             name: "colibri_t_1".into(),
             agent_user: "colibri-agent".into(),
+            hide_dirs: Vec::new(),
+            hide_files: Vec::new(),
         }
     }
 
@@ -121,6 +135,27 @@ mod tests {
     fn bwrap_argv_with_host_network() {
         let got = argv(&sandbox(NetworkPolicy::Host), &["true".into()], FDS);
         let want: Vec<String> = "bwrap --info-fd 5 --json-status-fd 7 --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp \
+            --bind /var/db/colibri-worker/work/t-1 /var/db/colibri-worker/work/t-1 \
+            --unshare-pid --unshare-ipc --unshare-uts --die-with-parent --new-session \
+            --chdir /var/db/colibri-worker/work/t-1 -- true"
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn bwrap_argv_hides_the_workers_secrets_before_binding_the_work_dir() {
+        let mut sb = sandbox(NetworkPolicy::Host);
+        sb.hide_dirs = vec![PathBuf::from("/var/db/colibri-worker")];
+        sb.hide_files = vec![
+            PathBuf::from("/etc/colibri/worker.toml"),
+            PathBuf::from("/etc/colibri/identities/debby.nk"),
+        ];
+        let got = argv(&sb, &["true".into()], FDS);
+        let want: Vec<String> = "bwrap --info-fd 5 --json-status-fd 7 --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp \
+            --tmpfs /var/db/colibri-worker \
+            --ro-bind /dev/null /etc/colibri/worker.toml --ro-bind /dev/null /etc/colibri/identities/debby.nk \
             --bind /var/db/colibri-worker/work/t-1 /var/db/colibri-worker/work/t-1 \
             --unshare-pid --unshare-ipc --unshare-uts --die-with-parent --new-session \
             --chdir /var/db/colibri-worker/work/t-1 -- true"

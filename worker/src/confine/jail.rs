@@ -80,6 +80,8 @@ mod tests {
             network,
             name: "colibri_0190ab_1".into(),
             agent_user: "colibri-agent".into(),
+            hide_dirs: Vec::new(),
+            hide_files: Vec::new(),
         }
     }
 

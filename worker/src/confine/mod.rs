@@ -30,6 +30,14 @@ pub struct Sandbox {
     pub name: String,
     /// FreeBSD: the unprivileged user the agent runs as.
     pub agent_user: String,
+    /// Linux: directories the agent must not see (the worker's state dir:
+    /// other attempts' work dirs and transcripts), each under an empty
+    /// tmpfs. Absolute, existing.
+    pub hide_dirs: Vec<PathBuf>,
+    /// Linux: files the agent must not read (the worker's config with every
+    /// agent's API keys, its NATS seed or credentials, its TLS key), each
+    /// covered by `/dev/null`. Absolute, existing.
+    pub hide_files: Vec<PathBuf>,
 }
 
 /// The commands that run one confined agent.
@@ -102,6 +110,8 @@ mod tests {
             network: NetworkPolicy::None,
             name: "colibri_t_1".into(),
             agent_user: "agent".into(),
+            hide_dirs: Vec::new(),
+            hide_files: Vec::new(),
         };
         let agent = ["true".to_string()];
         let launch = launch(Confinement::Bwrap, &sandbox, &agent, &[]);

@@ -331,6 +331,8 @@ mod tests {
             network: broker::messages::NetworkPolicy::None,
             name: "colibri_spawn_test".into(),
             agent_user: String::new(),
+            hide_dirs: Vec::new(),
+            hide_files: Vec::new(),
         };
         let mut launch = crate::confine::launch(
             crate::config::Confinement::Bwrap,
