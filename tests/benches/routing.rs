@@ -172,6 +172,36 @@ async fn submit_to_start(
     Ok((pct(&lat, 0.5), pct(&lat, 0.99)))
 }
 
+/// bubblewrap alone, as the worker runs it (same flags, no network),
+/// spawn → exit of `/bin/true`: the floor under a confined start.
+fn bwrap_alone(n: usize) -> anyhow::Result<(Duration, Duration)> {
+    let dir = tempfile::tempdir()?;
+    let sandbox = worker::confine::Sandbox {
+        workdir: dir.path().to_path_buf(),
+        network: broker::messages::NetworkPolicy::None,
+        name: "bench".into(),
+        agent_user: String::new(),
+        hide_dirs: Vec::new(),
+        hide_files: Vec::new(),
+    };
+    let argv = worker::confine::bwrap::argv(
+        &sandbox,
+        &["/bin/true".to_string()],
+        worker::confine::bwrap::StatusFds::UNSET,
+    );
+    // Without the status fds, which only the worker's spawn fills in.
+    let args: Vec<&String> = argv[5..].iter().collect();
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let status = std::process::Command::new(&argv[0]).args(&args).status()?;
+        anyhow::ensure!(status.success(), "bwrap failed: {status}");
+        lat.push(t0.elapsed());
+    }
+    lat.sort();
+    Ok((pct(&lat, 0.5), pct(&lat, 0.99)))
+}
+
 async fn wait_online(client: &async_nats::Client, worker: &str) -> anyhow::Result<()> {
     let board = harness::BoardClient::new(client.clone());
     harness::eventually(Duration::from_secs(20), "bench worker online", || async {
@@ -361,7 +391,17 @@ async fn main() -> anyhow::Result<()> {
     let q = quick();
     let nats = NatsServer::start()?;
     if let Ok(only) = std::env::var("COLIBRI_BENCH_ONLY") {
-        // Profiling aid: one measurement alone (noop | burst).
+        // Profiling aid: one measurement alone (noop | burst | latency).
+        if only == "latency" {
+            let n = if q { 50 } else { 300 };
+            let (p50, p99) = submit_to_start(&nats, n, false).await?;
+            println!("unconfined: p50 {} p99 {}", ms(p50), ms(p99));
+            let (p50, p99) = bwrap_alone(n)?;
+            println!("bwrap alone: p50 {} p99 {}", ms(p50), ms(p99));
+            let (p50, p99) = submit_to_start(&nats, n, true).await?;
+            println!("bwrap: p50 {} p99 {}", ms(p50), ms(p99));
+            return Ok(());
+        }
         let n = if q { 1000 } else { 20000 };
         let rate = burst(&nats, n, 1, only == "noop").await?;
         println!("{only}: {n} tasks: {rate:.0} tasks/s");
@@ -397,6 +437,12 @@ async fn main() -> anyhow::Result<()> {
         "≤ 1.5 / ≤ 5 ms",
     );
     if std::path::Path::new("/usr/bin/bwrap").exists() {
+        let (p50, p99) = bwrap_alone(n)?;
+        push(
+            "bwrap alone (worker's flags), spawn→exit of /bin/true, p50 / p99",
+            format!("{} / {}", ms(p50), ms(p99)),
+            "floor",
+        );
         let (p50, p99) = submit_to_start(&nats, n, true).await?;
         push(
             "submit→start /bin/true, bwrap, p50 / p99",
