@@ -24,6 +24,7 @@
 
 use broker::cost_mode::CostMode;
 use broker::messages::session::Event;
+use broker::messages::Usage;
 use broker::SessionId;
 
 use crate::budget::{self, BudgetExceeded};
@@ -79,6 +80,8 @@ pub struct SessionCost {
     /// Summary and segment events emitted and not yet appended.
     awaiting: u32,
     budget_stopped: bool,
+    /// What the task's earlier attempts used, counted against the ceiling.
+    spent_before: Usage,
     stats: CostStats,
 }
 
@@ -105,8 +108,16 @@ impl SessionCost {
             segment,
             awaiting: 0,
             budget_stopped: false,
+            spent_before: Usage::default(),
             stats: CostStats::default(),
         }
+    }
+
+    /// Counts `spent` (the task's earlier attempts) against the spend
+    /// ceiling, before this session's own usage.
+    pub fn with_spent_before(mut self, spent: Usage) -> Self {
+        self.spent_before = spent;
+        self
     }
 
     /// The base mode (the task's, or the fleet's now).
@@ -188,7 +199,8 @@ impl SessionCost {
         let mut actions = Vec::new();
         if let Event::Usage { total, .. } = event {
             if !self.budget_stopped {
-                if let Some(b) = budget::check(total, self.mode()) {
+                let task_total = self.spent_before.plus(total);
+                if let Some(b) = budget::check(&task_total, self.mode()) {
                     self.budget_stopped = true;
                     actions.push(Action::StopBudget(b));
                 }
@@ -571,5 +583,33 @@ pub(crate) mod tests {
             total: total(300_000),
         });
         assert_eq!(d.stopped, None, "once");
+    }
+
+    /// The ceiling is the task's: a retry starts from what earlier attempts
+    /// used.
+    #[test]
+    fn earlier_attempts_count_against_the_ceiling() {
+        let mut d = Driver::new(ModeSource::Task(CostMode::Fast), CostMode::Max, 0);
+        d.cost = d.cost.clone().with_spent_before(Usage {
+            input_tokens: 150_000,
+            cost_usd: Some(0.25),
+            ..Default::default()
+        });
+        let total = |t| Usage {
+            input_tokens: t,
+            ..Default::default()
+        };
+        d.append(Event::Usage {
+            response: Usage::default(),
+            total: total(50_000),
+        });
+        assert_eq!(d.stopped, None, "200,000 in all is within fast's ceiling");
+        d.append(Event::Usage {
+            response: Usage::default(),
+            total: total(50_001),
+        });
+        let b = d.stopped.take().expect("stopped");
+        assert_eq!((b.tokens, b.max_tokens), (200_001, 200_000));
+        assert_eq!(b.cost_usd, Some(0.25));
     }
 }

@@ -94,6 +94,7 @@ async fn run(
         attempt: 1,
         session,
         cost_mode: mode,
+        spent: Default::default(),
     };
     fleet.order(&w.id, WorkItem::Run(Box::new(order))).await?;
     Ok(session)
@@ -144,6 +145,7 @@ async fn set_cost_mode_mid_session_changes_the_next_append() -> anyhow::Result<(
         attempt: 1,
         session,
         cost_mode: CostMode::Max,
+        spent: Default::default(),
     };
     fleet.order(&w.id, WorkItem::Run(Box::new(order))).await?;
 

@@ -66,6 +66,7 @@ async fn run_with_session(
         attempt: 1,
         session,
         cost_mode: Default::default(),
+        spent: Default::default(),
     };
     fleet.order(worker, WorkItem::Run(Box::new(order))).await?;
     Ok(session)
@@ -125,6 +126,7 @@ async fn pi_session_is_published_in_order_and_matches_the_transcript() -> anyhow
         attempt: 1,
         session,
         cost_mode: Default::default(),
+        spent: Default::default(),
     };
     fleet.order(&w.id, WorkItem::Run(Box::new(order))).await?;
 
@@ -238,6 +240,7 @@ async fn a_flood_never_blocks_the_agent_and_memory_stays_bounded() -> anyhow::Re
         attempt: 1,
         session,
         cost_mode: Default::default(),
+        spent: Default::default(),
     };
     fleet.order(&w.id, WorkItem::Run(Box::new(order))).await?;
     // A debug build pumps far slower than a release one: allow for it.

@@ -163,6 +163,7 @@ impl CostGuard {
     pub fn new(
         meta: &glasspane::SessionMeta,
         source: ModeSource,
+        spent: broker::messages::Usage,
         fleet: watch::Receiver<FleetCost>,
         state_dir: PathBuf,
     ) -> (CostGuard, watch::Receiver<Option<String>>) {
@@ -170,7 +171,7 @@ impl CostGuard {
         // fleet change the worker saw before this session (the order may
         // have been placed under the older mode) applies at the first append.
         let ceiling = fleet.borrow().ceiling;
-        let cost = SessionCost::new(meta.session, source, ceiling);
+        let cost = SessionCost::new(meta.session, source, ceiling).with_spent_before(spent);
         let (budget, budget_rx) = watch::channel(None);
         let guard = CostGuard {
             cost,

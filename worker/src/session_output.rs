@@ -125,6 +125,7 @@ impl SessionOutput {
             },
             format: AgentFormat::for_agent(agent),
             cost_source: crate::cost::mode_source(order),
+            spent: order.spent.clone(),
         }
     }
 }
@@ -136,6 +137,8 @@ pub struct SessionPlan {
     meta: SessionMeta,
     format: AgentFormat,
     cost_source: costmode::ModeSource,
+    /// The task's earlier attempts' usage (its spend ceiling is per task).
+    spent: broker::messages::Usage,
 }
 
 impl SessionPlan {
@@ -150,10 +153,12 @@ impl SessionPlan {
             meta,
             format,
             cost_source,
+            spent,
         } = self;
         let (guard, budget) = CostGuard::new(
             &meta,
             cost_source,
+            spent,
             output.fleet_cost.clone(),
             output.state_dir.to_path_buf(),
         );

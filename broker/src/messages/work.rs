@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::cost_mode::CostMode;
 use crate::ids::{SessionId, TaskId};
 
+use super::report::Usage;
 use super::task::TaskSpec;
 
 /// Envelope of every order.
@@ -42,6 +43,10 @@ pub struct RunOrder {
     pub session: SessionId,
     /// Cost mode in force when placed (the task's own, or the fleet's).
     pub cost_mode: CostMode,
+    /// What the task's earlier attempts used: the spend ceiling is per task,
+    /// so this attempt starts from it.
+    #[serde(default, skip_serializing_if = "Usage::is_zero")]
+    pub spent: Usage,
 }
 
 /// Stop attempt `attempt` of `task_id` (cancel, or fencing of a stale attempt).

@@ -113,3 +113,39 @@ fn reopen_keeps_everything() {
     let board = Board::open(&path).unwrap();
     assert_eq!(board.load_active().unwrap()[0].spec, s);
 }
+
+/// The spend ceiling is per task: a retry is told what earlier attempts used.
+#[test]
+fn usage_before_sums_the_earlier_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut board = Board::open(&dir.path().join("board.db")).unwrap();
+    let s = spec("retried");
+    let w = WorkerId::parse("w1").unwrap();
+    let used = |tokens, cost| broker::messages::Usage {
+        input_tokens: tokens,
+        cost_usd: cost,
+        ..Default::default()
+    };
+    let tx = board.transaction().unwrap();
+    tx.insert_task(&s, TaskState::Queued, None, 1).unwrap();
+    for (attempt, usage) in [(1, used(100, Some(0.5))), (2, used(20, None))] {
+        tx.assign(&s.id, attempt, &w, &SessionId::new(), 2).unwrap();
+        tx.attempt_ended(
+            &s.id,
+            attempt,
+            &super::AttemptEnd {
+                outcome: Outcome::Interrupted,
+                exit_code: None,
+                reason: None,
+                usage: Some(&usage),
+            },
+            3,
+        )
+        .unwrap();
+    }
+    tx.assign(&s.id, 3, &w, &SessionId::new(), 4).unwrap();
+    assert_eq!(tx.usage_before(&s.id, 1).unwrap(), used(0, None));
+    assert_eq!(tx.usage_before(&s.id, 2).unwrap(), used(100, Some(0.5)));
+    assert_eq!(tx.usage_before(&s.id, 3).unwrap(), used(120, Some(0.5)));
+    tx.commit().unwrap();
+}

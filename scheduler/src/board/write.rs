@@ -219,6 +219,24 @@ impl<'a> BoardTx<'a> {
         Ok(())
     }
 
+    /// The summed usage of `task`'s attempts before `attempt` (its spend
+    /// ceiling is per task).
+    pub fn usage_before(&self, task: &TaskId, attempt: u32) -> Result<Usage, BoardError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT usage FROM attempts WHERE task_id = ?1 AND attempt < ?2 AND usage IS NOT NULL",
+        )?;
+        let rows = stmt.query_map(params![task.to_string(), attempt], |r| {
+            r.get::<_, String>(0)
+        })?;
+        let mut total = Usage::default();
+        for row in rows {
+            if let Ok(u) = serde_json::from_str::<Usage>(&row?) {
+                total = total.plus(&u);
+            }
+        }
+        Ok(total)
+    }
+
     /// Closes an attempt whose worker was lost: it ends now, with the reason,
     /// and no outcome, which a late report of its worker may still fill.
     pub fn attempt_lost(

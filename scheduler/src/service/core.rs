@@ -732,7 +732,8 @@ impl Core {
         tracing::info!(task_id = %id, attempt, worker = %worker, "task assigned");
         let a = self.tasks.get(id).cloned();
         self.emit(id, a.as_ref(), TaskState::Assigned, None, now_ms);
-        self.send_run(worker, &spec, attempt, session, cost_mode);
+        let spent = spent_before(tx, id, attempt)?;
+        self.send_run(worker, &spec, attempt, session, cost_mode, spent);
         Ok(())
     }
 
@@ -743,12 +744,14 @@ impl Core {
         attempt: u32,
         session: SessionId,
         fleet_mode: CostMode,
+        spent: broker::messages::Usage,
     ) {
         let order = RunOrder {
             task: spec.clone(),
             attempt,
             session,
             cost_mode: spec.cost_mode.unwrap_or(fleet_mode),
+            spent,
         };
         let id = spec.id;
         self.order(
@@ -760,7 +763,7 @@ impl Core {
     }
 
     /// After a restart: send again every run order not known to be accepted.
-    pub fn redispatch_pending(&mut self) {
+    pub fn redispatch_pending(&mut self, tx: &BoardTx<'_>) -> Result<(), BoardError> {
         let pending: Vec<_> = self
             .tasks
             .iter()
@@ -768,8 +771,10 @@ impl Core {
             .filter_map(|(_, a)| Some((a.worker.clone()?, a.spec.clone(), a.attempt, a.session?)))
             .collect();
         for (worker, spec, attempt, session) in pending {
-            self.send_run(&worker, &spec, attempt, session, self.cost_mode);
+            let spent = spent_before(tx, &spec.id, attempt)?;
+            self.send_run(&worker, &spec, attempt, session, self.cost_mode, spent);
         }
+        Ok(())
     }
 
     /// Run orders acknowledged by JetStream.
@@ -881,6 +886,19 @@ fn exit_reason(exit_code: Option<i32>) -> String {
 }
 
 /// Exponential backoff with jitter: base * 2^(tries-1), times 0.5..1.5, capped.
+/// What the task's attempts before `attempt` used (nothing for a first
+/// attempt, without asking the board).
+fn spent_before(
+    tx: &BoardTx<'_>,
+    id: &TaskId,
+    attempt: u32,
+) -> Result<broker::messages::Usage, BoardError> {
+    if attempt <= 1 {
+        return Ok(Default::default());
+    }
+    tx.usage_before(id, attempt)
+}
+
 pub fn backoff_ms(base: u64, tries: u32) -> u64 {
     let exp = base
         .saturating_mul(1u64 << tries.saturating_sub(1).min(16))

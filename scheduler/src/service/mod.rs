@@ -152,7 +152,11 @@ pub async fn run(
     let cost_mode = read_cost_mode(&kv).await;
     let mut core = Core::new(tasks, Fleet::new(config.offline_after), cost_mode);
     core.hosts = config.hosts.clone();
-    core.redispatch_pending();
+    {
+        let tx = board.transaction()?;
+        core.redispatch_pending(&tx)?;
+        tx.commit()?;
+    }
 
     let consumer = provision::durable_consumer(
         &js,

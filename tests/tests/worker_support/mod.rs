@@ -192,6 +192,7 @@ impl Fleet {
             attempt,
             session: SessionId::new(),
             cost_mode: Default::default(),
+            spent: Default::default(),
         };
         self.order(worker, WorkItem::Run(Box::new(order))).await
     }

@@ -160,6 +160,7 @@ async fn spawn_local(mut config: WorkerConfig, args: SpawnLocal) -> anyhow::Resu
         attempt: 1,
         session: args.session_id,
         cost_mode: Default::default(),
+        spent: Default::default(),
     };
     let executor = Executor::new(std::sync::Arc::new(config));
     let (stop_tx, mut stop) = tokio::sync::watch::channel(None);
