@@ -1,11 +1,12 @@
 //! Agent profiles: which agents this worker runs and how. A profile is an
 //! argv template (`{prompt}`, `{model}`, `{provider}`, `{session}`, `{task}`
-//! are substituted), a map of model names to extra arguments, and an
-//! environment of secrets that reaches only the agent.
+//! are substituted), maps of model and provider names to extra arguments,
+//! and an environment of secrets that reaches only the agent.
 //!
 //! Built-in templates exist for `pi`, `claude` and `codex`; a profile is
 //! enabled only when the worker's file lists it. `command` (a task's own
-//! argv) is enabled only by `allow_command`.
+//! argv) is enabled only by `allow_command`. A model or provider a profile
+//! cannot pass to its agent is refused, never dropped.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +29,11 @@ pub struct AgentFile {
     #[serde(default)]
     pub models: BTreeMap<String, Vec<String>>,
     #[serde(default)]
+    pub providers: BTreeMap<String, Vec<String>>,
+    /// Arguments for a provider not in `providers` (`{provider}` substituted);
+    /// the agent's built-in ones when absent, none when `[]`.
+    pub provider_args: Option<Vec<String>>,
+    #[serde(default)]
     pub env: BTreeMap<String, Secret>,
 }
 
@@ -40,6 +46,33 @@ pub struct AgentProfile {
     pub models: BTreeMap<String, Vec<String>>,
     /// Secrets: only in the agent's environment, never logged.
     pub env: BTreeMap<String, Secret>,
+}
+
+/// How a profile passes a task's `--provider NAME`. Kept beside the
+/// profile, not in it, so a profile built in code gets its agent's built-in
+/// provider arguments without naming them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProviderArgs {
+    /// A provider with its own extra arguments.
+    pub named: BTreeMap<String, Vec<String>>,
+    /// Any other provider: these arguments with `{provider}` substituted;
+    /// empty when the agent's CLI takes no provider.
+    pub any: Vec<String>,
+}
+
+impl ProviderArgs {
+    /// What a known agent's own CLI takes: pi has `--provider NAME`; claude
+    /// and codex have no provider flag, so only `providers` entries work.
+    pub fn builtin(name: &str) -> ProviderArgs {
+        let any = match name {
+            "pi" => vec!["--provider".to_string(), "{provider}".to_string()],
+            _ => Vec::new(),
+        };
+        ProviderArgs {
+            named: BTreeMap::new(),
+            any,
+        }
+    }
 }
 
 /// The built-in argv template of a known agent.
@@ -77,6 +110,8 @@ pub struct Refusal(pub String);
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Profiles {
     profiles: BTreeMap<String, AgentProfile>,
+    /// By agent name; an agent missing here takes its built-in ones.
+    providers: BTreeMap<String, ProviderArgs>,
     allow_command: bool,
 }
 
@@ -89,6 +124,7 @@ impl Profiles {
     ) -> Profiles {
         let mut out = Profiles {
             profiles: BTreeMap::new(),
+            providers: BTreeMap::new(),
             allow_command,
         };
         for (name, file) in agents {
@@ -136,23 +172,48 @@ impl Profiles {
                     });
                 }
             }
+            let any = file
+                .provider_args
+                .clone()
+                .unwrap_or_else(|| ProviderArgs::builtin(name).any);
+            if !any.is_empty() && !any.iter().any(|a| a.contains("{provider}")) {
+                problems.push(Problem {
+                    field: format!("{field}.provider_args"),
+                    message: "must contain {provider} (or be [] for none)".into(),
+                });
+            }
             if file.enabled == Some(false) {
                 continue;
             }
-            out.insert(AgentProfile {
-                name: tag,
-                argv,
-                models: file.models.clone(),
-                env: file.env.clone(),
-            });
+            let providers = ProviderArgs {
+                named: file.providers.clone(),
+                any,
+            };
+            out.insert_with_providers(
+                AgentProfile {
+                    name: tag,
+                    argv,
+                    models: file.models.clone(),
+                    env: file.env.clone(),
+                },
+                providers,
+            );
         }
         out
     }
 
-    /// Adds (or replaces) an enabled profile.
+    /// Adds (or replaces) an enabled profile; it passes providers as its
+    /// agent's CLI does (`ProviderArgs::builtin`).
     pub fn insert(&mut self, profile: AgentProfile) {
-        self.profiles
-            .insert(profile.name.as_str().to_string(), profile);
+        let providers = ProviderArgs::builtin(profile.name.as_str());
+        self.insert_with_providers(profile, providers);
+    }
+
+    /// Adds (or replaces) an enabled profile with its own provider arguments.
+    pub fn insert_with_providers(&mut self, profile: AgentProfile, providers: ProviderArgs) {
+        let name = profile.name.as_str().to_string();
+        self.providers.insert(name.clone(), providers);
+        self.profiles.insert(name, profile);
     }
 
     /// Enables or disables the `command` agent.
@@ -212,18 +273,33 @@ impl Profiles {
         vars.insert("session", session.to_string());
         vars.insert("task", task.id.to_string());
         let mut argv: Vec<String> = profile.argv.iter().map(|a| substitute(a, &vars)).collect();
-        if let Some(model) = &task.model {
-            let uses_model = profile.argv.iter().any(|a| a.contains("{model}"));
-            match profile.models.get(model) {
-                Some(extra) => {
-                    let at = profile
-                        .argv
-                        .iter()
-                        .position(|a| a.contains("{prompt}"))
-                        .unwrap_or(argv.len());
-                    argv.splice(at..at, extra.iter().cloned());
+        let uses = |var: &str| profile.argv.iter().any(|a| a.contains(var));
+        // Extra arguments go before the prompt: provider, then model.
+        let mut extra = Vec::new();
+        if let Some(provider) = &task.provider {
+            if provider.is_empty() {
+                return Err(Refusal("the task names an empty provider".into()));
+            }
+            let builtin = ProviderArgs::builtin(agent);
+            let providers = self.providers.get(agent).unwrap_or(&builtin);
+            match providers.named.get(provider) {
+                Some(args) => extra.extend(args.iter().cloned()),
+                None if uses("{provider}") => {}
+                None if !providers.any.is_empty() => {
+                    extra.extend(providers.any.iter().map(|a| substitute(a, &vars)))
                 }
-                None if uses_model => {}
+                None => {
+                    return Err(Refusal(format!(
+                        "provider {provider} is not in agents.{agent}.providers on this worker, \
+                         and agent {agent} has no provider_args to pass it"
+                    )))
+                }
+            }
+        }
+        if let Some(model) = &task.model {
+            match profile.models.get(model) {
+                Some(args) => extra.extend(args.iter().cloned()),
+                None if uses("{model}") => {}
                 None => {
                     return Err(Refusal(format!(
                         "model {model} is not in agents.{agent}.models on this worker"
@@ -231,6 +307,12 @@ impl Profiles {
                 }
             }
         }
+        let at = profile
+            .argv
+            .iter()
+            .position(|a| a.contains("{prompt}"))
+            .unwrap_or(argv.len());
+        argv.splice(at..at, extra);
         Ok(Invocation {
             agent: task.agent.clone(),
             argv,
@@ -374,5 +456,97 @@ claude = { enabled = false }"#,
             ["/bin/true"]
         );
         assert!(p.enabled().iter().any(|t| t.as_str() == "command"));
+    }
+
+    fn with_provider(agent: &str, provider: &str, model: Option<&str>) -> TaskSpec {
+        let mut t = task(agent, "go", model);
+        t.provider = Some(provider.into());
+        t
+    }
+
+    // `--provider` was silently dropped: no built-in template used
+    // `{provider}`, so `pi` ran on its default provider.
+    #[test]
+    fn pi_passes_the_provider_with_its_flag() {
+        let p = profiles(
+            r#"pi = { models = { sonnet = ["--model", "claude-sonnet-4"] } }"#,
+            false,
+        );
+        let t = with_provider("pi", "openrouter", Some("sonnet"));
+        let inv = p.invocation(&t, &SessionId::new()).unwrap();
+        assert_eq!(
+            inv.argv,
+            [
+                "pi",
+                "--mode",
+                "json",
+                "--provider",
+                "openrouter",
+                "--model",
+                "claude-sonnet-4",
+                "go"
+            ]
+        );
+        // A profile built in code (spawn-local, tests) takes the same.
+        let mut p = Profiles::default();
+        p.insert(AgentProfile {
+            name: Tag::parse("pi").unwrap(),
+            argv: builtin_argv("pi").unwrap(),
+            models: BTreeMap::new(),
+            env: BTreeMap::new(),
+        });
+        let inv = p.invocation(&with_provider("pi", "google", None), &SessionId::new());
+        assert_eq!(inv.unwrap().argv[3..], ["--provider", "google", "go"]);
+    }
+
+    #[test]
+    fn providers_map_to_arguments_or_are_refused_by_name() {
+        let p = profiles(
+            r#"
+codex = { providers = { ollama = ["-c", "model_provider=ollama"] } }
+claude = {}
+pi = { provider_args = [], providers = { local = ["--provider", "ollama"] } }
+x = { argv = ["x", "--p={provider}", "{prompt}"] }
+"#,
+            false,
+        );
+        let s = SessionId::new();
+        let argv = |agent, provider| p.invocation(&with_provider(agent, provider, None), &s);
+        assert_eq!(
+            argv("codex", "ollama").unwrap().argv,
+            [
+                "codex",
+                "exec",
+                "--json",
+                "-c",
+                "model_provider=ollama",
+                "go"
+            ]
+        );
+        assert_eq!(argv("x", "any").unwrap().argv, ["x", "--p=any", "go"]);
+        assert_eq!(
+            argv("pi", "local").unwrap().argv[3..],
+            ["--provider", "ollama", "go"]
+        );
+        for (agent, provider) in [("codex", "openai"), ("claude", "bedrock"), ("pi", "google")] {
+            let e = argv(agent, provider).unwrap_err();
+            assert!(
+                e.0.contains(&format!(
+                    "provider {provider} is not in agents.{agent}.providers"
+                )),
+                "{e}"
+            );
+        }
+        assert!(argv("pi", "").unwrap_err().0.contains("empty provider"));
+    }
+
+    #[test]
+    fn provider_args_must_use_the_provider() {
+        let agents: BTreeMap<String, AgentFile> =
+            toml::from_str(r#"pi = { provider_args = ["--openai"] }"#).unwrap();
+        let mut problems = Vec::new();
+        Profiles::from_file(&agents, false, &mut problems);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "agents.pi.provider_args");
     }
 }
