@@ -23,8 +23,11 @@ pub struct TaskArgs {
     /// Agent profile (pi, claude, codex; `command` for `-- ARGV`).
     #[arg(long)]
     pub agent: Option<String>,
+    /// Model, mapped to arguments by the worker's agent profile.
     #[arg(long)]
     pub model: Option<String>,
+    /// Provider, mapped to arguments by the worker's agent profile (a
+    /// worker that cannot pass it refuses the task).
     #[arg(long)]
     pub provider: Option<String>,
     /// Cost mode of this task (fast, smart, max); the fleet's when absent.
@@ -45,6 +48,12 @@ pub struct TaskArgs {
     /// Attempts in all, the first included.
     #[arg(long = "max-attempts")]
     pub max_attempts: Option<u32>,
+    /// First retry delay in ms, doubled per retry with jitter (default 500, at most 60000).
+    #[arg(long = "retry-backoff-ms")]
+    pub retry_backoff_ms: Option<u64>,
+    /// Also retry when the agent ran and failed (default: only infrastructure failures).
+    #[arg(long = "retry-agent-failures")]
+    pub retry_agent_failures: bool,
     /// Network for the agent: none or host (default: the worker's policy).
     #[arg(long, value_parser = ["none", "host"])]
     pub network: Option<String>,
@@ -82,10 +91,14 @@ impl TaskArgs {
             (None, false) => Some(self.title.clone()),
             (None, true) => None,
         };
-        let mut retry = RetryPolicy::default();
-        if let Some(n) = self.max_attempts {
-            retry.max_attempts = n;
+        if self
+            .provider
+            .as_deref()
+            .is_some_and(|p| p.trim().is_empty())
+        {
+            return Err(usage("--provider: must not be empty".into()));
         }
+        let retry = self.retry_policy()?;
         let spec = TaskSpec {
             v: broker::WIRE_VERSION,
             id: self.id.unwrap_or_default(),
@@ -117,5 +130,132 @@ impl TaskArgs {
         };
         spec.validate().map_err(|e| usage(format!("--{e}")))?;
         Ok(spec)
+    }
+
+    /// `--max-attempts`, `--retry-backoff-ms`, `--retry-agent-failures`.
+    fn retry_policy(&self) -> Result<RetryPolicy, CliError> {
+        let mut retry = RetryPolicy::default();
+        if let Some(n) = self.max_attempts {
+            retry.max_attempts = n;
+        }
+        if let Some(ms) = self.retry_backoff_ms {
+            if ms > MAX_RETRY_BACKOFF_MS {
+                return Err(CliError::Usage(format!(
+                    "--retry-backoff-ms: at most {MAX_RETRY_BACKOFF_MS} (retries wait at most 60 s)"
+                )));
+            }
+            retry.backoff_ms = ms;
+        }
+        retry.retry_agent_failure = self.retry_agent_failures;
+        let retries_asked = self.retry_backoff_ms.is_some() || self.retry_agent_failures;
+        if retry.max_attempts == 1 && retries_asked {
+            let flag = if self.retry_agent_failures {
+                "--retry-agent-failures"
+            } else {
+                "--retry-backoff-ms"
+            };
+            return Err(CliError::Usage(format!(
+                "{flag}: no retry is left with --max-attempts 1"
+            )));
+        }
+        Ok(retry)
+    }
+}
+
+/// The scheduler's cap on one retry's delay.
+const MAX_RETRY_BACKOFF_MS: u64 = 60_000;
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::{Cli, CliCommand};
+    use super::*;
+
+    fn spec(args: &[&str]) -> Result<TaskSpec, CliError> {
+        let argv = ["colibri", "create-task", "--title", "t"]
+            .iter()
+            .chain(args);
+        match Cli::try_parse_from(argv).map_err(|e| CliError::Usage(e.to_string()))? {
+            Cli {
+                command: CliCommand::CreateTask(a),
+                ..
+            } => a.to_spec(),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    fn usage(args: &[&str]) -> String {
+        match spec(args) {
+            Err(CliError::Usage(m)) => m,
+            other => panic!("{args:?}: not a usage error: {other:?}"),
+        }
+    }
+
+    // The CLI could set only max_attempts of the retry policy: the backoff
+    // and retrying agent failures were unreachable from the command line.
+    #[test]
+    fn retry_flags_set_the_whole_policy() {
+        let s = spec(&[
+            "--max-attempts",
+            "5",
+            "--retry-backoff-ms",
+            "2000",
+            "--retry-agent-failures",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.retry,
+            RetryPolicy {
+                max_attempts: 5,
+                backoff_ms: 2000,
+                retry_agent_failure: true
+            }
+        );
+        assert_eq!(spec(&[]).unwrap().retry, RetryPolicy::default());
+        assert_eq!(
+            spec(&["--retry-backoff-ms", "0"]).unwrap().retry.backoff_ms,
+            0
+        );
+    }
+
+    #[test]
+    fn bad_retry_and_provider_flags_are_usage_errors_naming_the_flag() {
+        for (args, flag, rule) in [
+            (
+                &["--retry-backoff-ms", "60001"][..],
+                "--retry-backoff-ms",
+                "at most 60000",
+            ),
+            (
+                &["--retry-backoff-ms=-1"],
+                "--retry-backoff-ms",
+                "invalid value",
+            ),
+            (
+                &["--retry-backoff-ms", "soon"],
+                "--retry-backoff-ms",
+                "invalid value",
+            ),
+            (
+                &["--max-attempts", "1", "--retry-agent-failures"],
+                "--retry-agent-failures",
+                "no retry is left",
+            ),
+            (
+                &["--max-attempts", "1", "--retry-backoff-ms", "10"],
+                "--retry-backoff-ms",
+                "no retry is left",
+            ),
+            (
+                &["--retry-agent-failures=yes"],
+                "--retry-agent-failures",
+                "unexpected value",
+            ),
+            (&["--provider", " "], "--provider", "must not be empty"),
+        ] {
+            let m = usage(args);
+            assert!(m.contains(flag) && m.contains(rule), "{args:?}: {m}");
+        }
     }
 }
