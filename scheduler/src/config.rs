@@ -2,49 +2,19 @@
 //! flags (see docs/CONFIG.md). Everything is parsed and checked here, before
 //! the runtime starts; `check-config` prints every problem with its field.
 
-use std::path::{Path, PathBuf};
+use std::fmt;
+use std::path::PathBuf;
 
 use broker::connect::ConnectArgs;
 use broker::provision::ProvisionConfig;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
 use daemon::logging::{LogConfig, LogFormat};
-use serde::Deserialize;
 
-/// `[nats]` table, shared in shape with the worker's.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NatsFile {
-    #[serde(default)]
-    pub url: Vec<String>,
-    pub creds: Option<PathBuf>,
-    pub nkey: Option<PathBuf>,
-    pub tls_ca: Option<PathBuf>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub inbox_prefix: Option<String>,
-}
+pub mod checks;
+mod file;
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StreamsFile {
-    pub replicas: Option<usize>,
-}
-
-/// scheduler.toml
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SchedulerFile {
-    pub db: Option<PathBuf>,
-    /// Hosts registry written by `colibri admin` (see `--hosts`).
-    pub hosts: Option<PathBuf>,
-    #[serde(default)]
-    pub nats: NatsFile,
-    #[serde(default)]
-    pub log: LogConfig,
-    #[serde(default)]
-    pub streams: StreamsFile,
-}
+pub use file::{NatsFile, SchedulerFile, StreamsFile};
 
 /// Flags of `colibri-scheduler`.
 #[derive(Debug, Clone, Args)]
@@ -85,13 +55,47 @@ pub struct SchedulerConfig {
     pub log: LogConfig,
     pub provision: ProvisionConfig,
     pub hosts: Option<broker::identity::Registry>,
+    /// The file the configuration was read from: `--config`, else the
+    /// platform's default if it exists ([`checks::default_config_path`]).
+    pub config_file: Option<PathBuf>,
 }
 
-/// Every problem found, each naming its field.
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The offending field (`db`, `nats.nkey`, `log.file`, ...).
+    pub field: String,
+    pub message: String,
+}
+
+impl Problem {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem found, each naming its field (the worker's format).
 #[derive(Debug, thiserror::Error)]
-#[error("{}", .problems.join("\n"))]
+#[error("{} problem(s) in the configuration:\n{}", .problems.len(), render(.problems))]
 pub struct ConfigError {
-    pub problems: Vec<String>,
+    pub problems: Vec<Problem>,
+}
+
+fn render(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn from_file(value_source: Option<ValueSource>) -> bool {
@@ -99,25 +103,44 @@ fn from_file(value_source: Option<ValueSource>) -> bool {
 }
 
 impl SchedulerConfig {
-    /// Resolves flags (and env) over the config file.
+    /// Resolves flags (and env) over the config file: `--config`, else the
+    /// platform's default file if it exists.
     pub fn resolve(
         args: &SchedulerArgs,
         matches: &ArgMatches,
     ) -> Result<SchedulerConfig, ConfigError> {
+        let default = checks::default_config_path("scheduler");
+        Self::resolve_with_default(args, matches, &default)
+    }
+
+    /// [`SchedulerConfig::resolve`] with the default config path given.
+    pub fn resolve_with_default(
+        args: &SchedulerArgs,
+        matches: &ArgMatches,
+        default_config: &std::path::Path,
+    ) -> Result<SchedulerConfig, ConfigError> {
         let mut problems = Vec::new();
-        let file = match &args.config {
-            Some(path) => match load_file(path) {
-                Ok(f) => f,
+        let config_file = checks::config_path(args.config.as_deref(), default_config);
+        let file = match &config_file {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => file::parse(&text, &mut problems),
                 Err(e) => {
-                    problems.push(e);
-                    SchedulerFile::default()
+                    let message = format!("cannot read {}: {e}", path.display());
+                    problems.push(Problem::new("config", message));
+                    SchedulerFile {
+                        db_given: true,
+                        ..SchedulerFile::default()
+                    }
                 }
             },
             None => SchedulerFile::default(),
         };
         let db = args.db.clone().or(file.db.clone());
-        if db.is_none() {
-            problems.push("db: required (--db, COLIBRI_DB or `db` in the config file)".to_string());
+        if db.is_none() && !file.db_given {
+            problems.push(Problem::new(
+                "db",
+                "required (--db, COLIBRI_DB or `db` in the config file)",
+            ));
         }
         let mut connect = args.connect.clone();
         if from_file(matches.value_source("nats_url")) && !file.nats.url.is_empty() {
@@ -139,20 +162,23 @@ impl SchedulerConfig {
         }
         if let Some(level) = &log.level {
             if tracing_subscriber::EnvFilter::try_new(level).is_err() {
-                problems.push(format!("log.level: {level:?} is not a valid filter"));
+                let message = format!("{level:?} is not a valid filter");
+                problems.push(Problem::new("log.level", message));
             }
+        }
+        if let Some(Err(message)) = log.file.as_deref().map(checks::appendable_file) {
+            problems.push(Problem::new("log.file", message));
         }
         let replicas = args.replicas.or(file.streams.replicas).unwrap_or(1);
         if !(1..=5).contains(&replicas) {
-            problems.push(format!(
-                "streams.replicas: {replicas} must be between 1 and 5"
-            ));
+            let message = format!("{replicas} must be between 1 and 5");
+            problems.push(Problem::new("streams.replicas", message));
         }
         let hosts = match args.hosts.clone().or(file.hosts.clone()) {
             Some(path) => match broker::identity::Registry::load(&path) {
                 Ok(reg) => Some(reg),
                 Err(e) => {
-                    problems.push(format!("hosts: {e}"));
+                    problems.push(Problem::new("hosts", e.to_string()));
                     None
                 }
             },
@@ -170,41 +196,16 @@ impl SchedulerConfig {
                 ..ProvisionConfig::default()
             },
             hosts,
+            config_file,
         })
     }
 }
 
-/// Checks connection settings shared by every binary.
-pub fn check_connect(connect: &ConnectArgs, problems: &mut Vec<String>) {
-    for url in &connect.nats_url {
-        if url.trim().parse::<async_nats::ServerAddr>().is_err() {
-            problems.push(format!(
-                "nats.url: {url:?} is not a server URL (nats://host:port)"
-            ));
-        }
+/// Checks connection settings shared by every binary (see [`checks`]).
+pub fn check_connect(connect: &ConnectArgs, problems: &mut Vec<Problem>) {
+    for (field, message) in checks::check_connect(connect) {
+        problems.push(Problem::new(field, message));
     }
-    for (field, path) in [
-        ("nats.creds", &connect.creds),
-        ("nats.nkey", &connect.nkey),
-        ("nats.tls_ca", &connect.tls_ca),
-        ("nats.tls_cert", &connect.tls_cert),
-        ("nats.tls_key", &connect.tls_key),
-    ] {
-        if let Some(p) = path {
-            if !p.is_file() {
-                problems.push(format!(
-                    "{field}: {} does not exist or is not a file",
-                    p.display()
-                ));
-            }
-        }
-    }
-}
-
-fn load_file(path: &Path) -> Result<SchedulerFile, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("config: cannot read {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("config: {}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -221,7 +222,12 @@ mod tests {
     fn resolve(argv: &[&str]) -> Result<SchedulerConfig, ConfigError> {
         let matches = Cli::command().try_get_matches_from(argv).unwrap();
         let cli = Cli::from_arg_matches(&matches).unwrap();
-        SchedulerConfig::resolve(&cli.args, &matches)
+        let no_default = std::path::Path::new("/nonexistent/colibri/scheduler.toml");
+        SchedulerConfig::resolve_with_default(&cli.args, &matches, no_default)
+    }
+
+    fn fields(e: &ConfigError) -> Vec<&str> {
+        e.problems.iter().map(|p| p.field.as_str()).collect()
     }
 
     #[test]
@@ -263,6 +269,70 @@ mod tests {
         assert!(text.contains("nats.nkey"), "{text}");
         std::fs::write(&path, "bogus = 1\n").unwrap();
         let e = resolve(&["x", "--config", path.to_str().unwrap()]).unwrap_err();
-        assert!(e.to_string().contains("unknown field"), "{e}");
+        assert_eq!(fields(&e), ["bogus", "db"], "{e}");
+    }
+
+    // Regression (issue 6): the whole file was parsed with typed serde, so
+    // check-config stopped at the first bad key, then fell back to defaults
+    // and added a false "db: required" although the file set db.
+    #[test]
+    fn every_bad_key_reported_without_a_false_db_required() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        let text = "db = \"/tmp/a.db\"\nbogus = 1\n\
+                    [nats]\nurl = 3\nnkey = \"/nonexistent.nk\"\ncolour = \"red\"\n\
+                    [log]\nformat = \"xml\"\nfile = \"/nonexistent/dir/s.log\"\n\
+                    [streams]\nreplicas = \"three\"\n";
+        std::fs::write(&path, text).unwrap();
+        let e = resolve(&["x", "--config", path.to_str().unwrap()]).unwrap_err();
+        let mut f = fields(&e);
+        f.sort_unstable();
+        assert_eq!(
+            f,
+            [
+                "bogus",
+                "log.file",
+                "log.format",
+                "nats.colour",
+                "nats.nkey",
+                "nats.url",
+                "streams.replicas"
+            ],
+            "{e}"
+        );
+        std::fs::write(&path, "db = 3\n").unwrap();
+        let e = resolve(&["x", "--config", path.to_str().unwrap()]).unwrap_err();
+        assert_eq!(fields(&e), ["db"], "{e}");
+        assert!(!e.to_string().contains("required"), "{e}");
+    }
+
+    #[test]
+    fn log_file_flag_must_be_appendable() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("s.log");
+        let ok = resolve(&[
+            "x",
+            "--db",
+            "/tmp/a.db",
+            "--log-file",
+            log.to_str().unwrap(),
+        ]);
+        assert_eq!(ok.unwrap().log.file, Some(log));
+        let e = resolve(&["x", "--db", "/tmp/a.db", "--log-file", "/nonexistent/s.log"]);
+        assert_eq!(fields(&e.unwrap_err()), ["log.file"]);
+    }
+
+    #[test]
+    fn platform_default_config_read_when_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = dir.path().join("scheduler.toml");
+        let matches = Cli::command().try_get_matches_from(["x"]).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        let e = SchedulerConfig::resolve_with_default(&cli.args, &matches, &default);
+        assert_eq!(fields(&e.unwrap_err()), ["db"]);
+        std::fs::write(&default, "db = \"/tmp/d.db\"\n").unwrap();
+        let c = SchedulerConfig::resolve_with_default(&cli.args, &matches, &default).unwrap();
+        assert_eq!(c.db, PathBuf::from("/tmp/d.db"));
+        assert_eq!(c.config_file, Some(default));
     }
 }

@@ -37,12 +37,15 @@ fn main() -> ExitCode {
     let config = match SchedulerConfig::resolve(&cli.args, &matches) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("colibri-scheduler: invalid configuration:\n{e}");
+            eprintln!("colibri-scheduler: {e}");
             return ExitCode::from(1);
         }
     };
     if matches!(cli.command, Some(Sub::CheckConfig)) {
-        println!("configuration ok");
+        match &config.config_file {
+            Some(path) => println!("configuration ok: {}", path.display()),
+            None => println!("configuration ok: no config file (flags and environment only)"),
+        }
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -68,6 +71,10 @@ fn main() -> ExitCode {
 
 async fn serve(config: SchedulerConfig) -> anyhow::Result<()> {
     daemon::logging::init(&config.log)?;
+    match &config.config_file {
+        Some(path) => tracing::info!(config = %path.display(), "configuration read"),
+        None => tracing::info!("no config file: flags and environment only"),
+    }
     let shutdown = daemon::shutdown::on_signals()?;
     let client = config
         .connect
