@@ -4,7 +4,6 @@
 //! [`load`] returns either a [`WorkerConfig`] that the daemon can trust or
 //! every problem found, each naming its field.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,11 +12,15 @@ use broker::connect::ConnectArgs;
 use broker::messages::NetworkPolicy;
 use broker::{TagSet, WorkerId};
 use daemon::logging::{LogConfig, LogFormat};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::executor::ExecutorKind;
-use crate::profiles::{AgentFile, Profiles};
+use crate::profiles::Profiles;
+
+pub mod checks;
+mod file;
+
+use file::parse_file;
 
 /// How agents are confined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -122,7 +125,8 @@ pub struct WorkerConfig {
     pub heartbeat_interval: Duration,
     pub connect: ConnectArgs,
     pub log: LogConfig,
-    /// The file the configuration was read from (`--config`), if any.
+    /// The file the configuration was read from: `--config`, else the
+    /// platform's default if it exists ([`checks::default_config_path`]).
     pub config_file: Option<PathBuf>,
 }
 
@@ -287,131 +291,6 @@ fn render(problems: &[Problem]) -> String {
         .join("\n")
 }
 
-/// `worker.toml` as written: every key optional, each parsed on its own so
-/// that one bad key does not hide the others.
-#[derive(Debug, Default)]
-struct FileConfig {
-    worker_id: Option<String>,
-    capabilities: Option<Vec<String>>,
-    slots: Option<i64>,
-    state_dir: Option<PathBuf>,
-    allow_command: Option<bool>,
-    confinement: Option<Confinement>,
-    network: Option<Network>,
-    agent_user: Option<String>,
-    keep_workdirs: Option<KeepWorkdirs>,
-    limits: LimitsFile,
-    nats: Option<NatsFile>,
-    log: Option<LogConfig>,
-    agents: BTreeMap<String, AgentFile>,
-}
-
-#[derive(Debug, Default)]
-struct LimitsFile {
-    max_run_secs: Option<i64>,
-    idle_secs: Option<i64>,
-    stall_secs: Option<i64>,
-    kill_grace_secs: Option<i64>,
-    spawn_retries: Option<i64>,
-    shutdown_grace_secs: Option<i64>,
-}
-
-/// The `[nats]` table shared by every binary.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NatsFile {
-    #[serde(default)]
-    url: Vec<String>,
-    creds: Option<PathBuf>,
-    nkey: Option<PathBuf>,
-    tls_ca: Option<PathBuf>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    inbox_prefix: Option<String>,
-}
-
-fn field<T: DeserializeOwned>(
-    name: &str,
-    value: toml::Value,
-    problems: &mut Vec<Problem>,
-) -> Option<T> {
-    match T::deserialize(value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            problems.push(Problem::new(name, e.to_string().trim().to_string()));
-            None
-        }
-    }
-}
-
-fn table(name: &str, value: toml::Value, problems: &mut Vec<Problem>) -> toml::Table {
-    match value {
-        toml::Value::Table(t) => t,
-        other => {
-            problems.push(Problem::new(
-                name,
-                format!("must be a table, not a {}", other.type_str()),
-            ));
-            toml::Table::new()
-        }
-    }
-}
-
-fn parse_file(text: &str, problems: &mut Vec<Problem>) -> FileConfig {
-    let root: toml::Table = match toml::from_str(text) {
-        Ok(t) => t,
-        Err(e) => {
-            problems.push(Problem::new("(file)", e.to_string().trim().to_string()));
-            return FileConfig::default();
-        }
-    };
-    let mut file = FileConfig::default();
-    for (key, value) in root {
-        let p = &mut *problems;
-        match key.as_str() {
-            "worker_id" => file.worker_id = field(&key, value, p),
-            "capabilities" => file.capabilities = field(&key, value, p),
-            "slots" => file.slots = field(&key, value, p),
-            "state_dir" => file.state_dir = field(&key, value, p),
-            "allow_command" => file.allow_command = field(&key, value, p),
-            "confinement" => file.confinement = field(&key, value, p),
-            "network" => file.network = field(&key, value, p),
-            "agent_user" => file.agent_user = field(&key, value, p),
-            "keep_workdirs" => file.keep_workdirs = field(&key, value, p),
-            "nats" => file.nats = field(&key, value, p),
-            "log" => file.log = field(&key, value, p),
-            "limits" => {
-                for (k, v) in table("limits", value, p) {
-                    let name = format!("limits.{k}");
-                    let slot = match k.as_str() {
-                        "max_run_secs" => &mut file.limits.max_run_secs,
-                        "idle_secs" => &mut file.limits.idle_secs,
-                        "stall_secs" => &mut file.limits.stall_secs,
-                        "kill_grace_secs" => &mut file.limits.kill_grace_secs,
-                        "spawn_retries" => &mut file.limits.spawn_retries,
-                        "shutdown_grace_secs" => &mut file.limits.shutdown_grace_secs,
-                        _ => {
-                            p.push(Problem::new(name, "unknown key"));
-                            continue;
-                        }
-                    };
-                    *slot = field(&name, v, p);
-                }
-            }
-            "agents" => {
-                for (name, v) in table("agents", value, p) {
-                    let path = format!("agents.{name}");
-                    if let Some(agent) = field::<AgentFile>(&path, v, p) {
-                        file.agents.insert(name, agent);
-                    }
-                }
-            }
-            _ => problems.push(Problem::new(key, "unknown key")),
-        }
-    }
-    file
-}
-
 fn secs(
     field: &str,
     value: Option<i64>,
@@ -432,9 +311,25 @@ fn secs(
     }
 }
 
-/// Reads the file named by `flags.config` (if any), applies env and flags,
-/// and validates the result, collecting every problem.
+/// The config file to read: `--config` (or `COLIBRI_CONFIG`), else the
+/// platform's default `worker.toml` if it exists, else none.
+pub fn config_file(flags: &WorkerFlags) -> Option<PathBuf> {
+    let default = checks::default_config_path("worker");
+    checks::config_path(flags.config.as_deref(), &default)
+}
+
+/// Reads the config file ([`config_file`]), applies env and flags, and
+/// validates the result, collecting every problem.
 pub fn load(flags: &WorkerFlags) -> Result<WorkerConfig, ConfigError> {
+    load_with_default(flags, &checks::default_config_path("worker"))
+}
+
+/// [`load`] with the default config path given.
+pub fn load_with_default(flags: &WorkerFlags, default: &Path) -> Result<WorkerConfig, ConfigError> {
+    let flags = WorkerFlags {
+        config: checks::config_path(flags.config.as_deref(), default),
+        ..flags.clone()
+    };
     let text = match &flags.config {
         Some(path) => Some(
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -444,7 +339,7 @@ pub fn load(flags: &WorkerFlags) -> Result<WorkerConfig, ConfigError> {
         ),
         None => None,
     };
-    resolve(text.as_deref(), flags)
+    resolve(text.as_deref(), &flags)
 }
 
 /// [`load`] on a file already read (`None`: no file).
@@ -570,32 +465,22 @@ pub fn resolve(text: Option<&str>, flags: &WorkerFlags) -> Result<WorkerConfig, 
     let agents = Profiles::from_file(&file.agents, allow_command, &mut problems);
 
     let mut connect = flags.connect.clone();
-    if let Some(nats) = file.nats {
-        // A flag or COLIBRI_* variable wins; clap fills the URL's default, so
-        // the file's URL applies whenever the URL is still that default.
-        if !nats.url.is_empty() && connect.nats_url == [broker::connect::DEFAULT_NATS_URL] {
-            connect.nats_url = nats.url;
-        }
-        connect.creds = connect.creds.or(nats.creds);
-        connect.nkey = connect.nkey.or(nats.nkey);
-        connect.tls_ca = connect.tls_ca.or(nats.tls_ca);
-        connect.tls_cert = connect.tls_cert.or(nats.tls_cert);
-        connect.tls_key = connect.tls_key.or(nats.tls_key);
-        connect.inbox_prefix = connect.inbox_prefix.or(nats.inbox_prefix);
-        if connect.creds.is_some() && connect.nkey.is_some() {
-            problems.push(Problem::new(
-                "nats.nkey",
-                "cannot be used together with nats.creds",
-            ));
-        }
-        if connect.tls_cert.is_some() != connect.tls_key.is_some() {
-            problems.push(Problem::new(
-                "nats.tls_cert",
-                "tls_cert and tls_key go together",
-            ));
-        }
+    let nats = file.nats;
+    // A flag or COLIBRI_* variable wins; clap fills the URL's default, so
+    // the file's URL applies whenever the URL is still that default.
+    if !nats.url.is_empty() && connect.nats_url == [broker::connect::DEFAULT_NATS_URL] {
+        connect.nats_url = nats.url;
     }
-    let mut log = file.log.unwrap_or_default();
+    connect.creds = connect.creds.or(nats.creds);
+    connect.nkey = connect.nkey.or(nats.nkey);
+    connect.tls_ca = connect.tls_ca.or(nats.tls_ca);
+    connect.tls_cert = connect.tls_cert.or(nats.tls_cert);
+    connect.tls_key = connect.tls_key.or(nats.tls_key);
+    connect.inbox_prefix = connect.inbox_prefix.or(nats.inbox_prefix);
+    for (field, message) in checks::check_connect(&connect) {
+        problems.push(Problem::new(field, message));
+    }
+    let mut log = file.log;
     if let Some(format) = flags.log_format {
         log.format = format;
     }
@@ -609,6 +494,9 @@ pub fn resolve(text: Option<&str>, flags: &WorkerFlags) -> Result<WorkerConfig, 
                 format!("{level:?} is not a valid filter"),
             ));
         }
+    }
+    if let Some(Err(message)) = log.file.as_deref().map(checks::appendable_file) {
+        problems.push(Problem::new("log.file", message));
     }
 
     match (worker_id, state_dir) {
@@ -680,134 +568,4 @@ pub fn find_program_in(program: &str, path: Option<&std::ffi::OsStr>) -> Option<
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        flags: WorkerFlags,
-    }
-
-    fn flags(args: &[&str]) -> WorkerFlags {
-        let mut argv = vec!["colibri-worker"];
-        argv.extend_from_slice(args);
-        Cli::parse_from(argv).flags
-    }
-
-    fn fields(err: ConfigError) -> Vec<String> {
-        err.problems().iter().map(|p| p.field.clone()).collect()
-    }
-
-    #[test]
-    fn every_problem_names_its_field() {
-        let text = r#"
-worker_id = "Debby"
-capabilities = ["linux", "gpu*"]
-slots = 0
-confinement = "unconfined"
-keep_workdirs = "sometimes"
-colour = "blue"
-[limits]
-idle_secs = 0
-stall_secs = 0
-spawn_retries = -1
-bogus = 1
-[agents.pi]
-argv = []
-[agents.command]
-argv = ["x"]
-"#;
-        let err = resolve(Some(text), &WorkerFlags::default()).unwrap_err();
-        let f = fields(err);
-        for want in [
-            "worker_id",
-            "capabilities",
-            "slots",
-            "keep_workdirs",
-            "colour",
-            "limits.idle_secs",
-            "limits.stall_secs",
-            "limits.spawn_retries",
-            "limits.bogus",
-            "agents.pi.argv",
-            "agents.command",
-            "state_dir",
-        ] {
-            assert!(f.iter().any(|x| x == want), "missing {want} in {f:?}");
-        }
-    }
-
-    #[test]
-    fn flags_override_file() {
-        let text = r#"
-worker_id = "debby"
-capabilities = ["linux"]
-slots = 2
-state_dir = "/var/db/colibri-worker"
-confinement = "unconfined"
-[nats]
-url = ["nats://10.0.0.1:4222"]
-[agents.pi]
-env = { ANTHROPIC_API_KEY = "sk-secret" }
-"#;
-        let cfg = resolve(
-            Some(text),
-            &flags(&["--slots", "5", "--worker-id", "other"]),
-        )
-        .unwrap();
-        assert_eq!(cfg.slots, 5);
-        assert_eq!(cfg.worker_id.as_str(), "other");
-        assert_eq!(
-            cfg.connect.nats_url,
-            vec!["nats://10.0.0.1:4222".to_string()]
-        );
-        assert_eq!(cfg.confinement, Confinement::Unconfined);
-        assert!(cfg.agents.enabled().iter().any(|t| t.as_str() == "pi"));
-        let debug = format!("{cfg:?}");
-        assert!(
-            !debug.contains("sk-secret"),
-            "secret leaked into Debug: {debug}"
-        );
-    }
-
-    #[test]
-    fn bad_capability_flag_is_a_usage_error_naming_the_field() {
-        let err = match Cli::try_parse_from(["w", "--capabilities", "linux,GPU"]) {
-            Ok(_) => panic!("accepted GPU"),
-            Err(e) => e,
-        };
-        assert_eq!(err.exit_code(), 2);
-        let msg = err.to_string();
-        assert!(
-            msg.contains("--capabilities") && msg.contains("upper case"),
-            "{msg}"
-        );
-    }
-
-    // A two-hour agent was killed on default settings when max_run was 1 h.
-    #[test]
-    fn default_max_run_is_six_hours() {
-        assert_eq!(Limits::default().max_run, Duration::from_secs(6 * 3600));
-    }
-
-    #[test]
-    fn missing_required_values_alone_are_a_usage_error() {
-        let err = resolve(None, &WorkerFlags::default()).unwrap_err();
-        assert!(matches!(err, ConfigError::Missing(_)), "{err}");
-        let msg = err.to_string();
-        assert!(
-            msg.contains("--worker-id") && msg.contains("--state-dir"),
-            "{msg}"
-        );
-        let err = resolve(Some("slots = 0"), &WorkerFlags::default()).unwrap_err();
-        assert!(matches!(err, ConfigError::Invalid(_)), "{err}");
-    }
-
-    #[test]
-    fn syntax_error_is_reported() {
-        let err = resolve(Some("worker_id = "), &WorkerFlags::default()).unwrap_err();
-        assert!(fields(err).contains(&"(file)".to_string()));
-    }
-}
+mod tests;

@@ -119,6 +119,10 @@ fn check_config(config: &WorkerConfig) {
         config.confinement.as_str(),
         config.state_dir.display()
     );
+    match &config.config_file {
+        Some(path) => println!("config file: {}", path.display()),
+        None => println!("config file: none (flags and environment only)"),
+    }
     if config.confinement == Confinement::Unconfined {
         println!("warning: confinement = unconfined: agents get full access to this host");
     }
@@ -126,6 +130,10 @@ fn check_config(config: &WorkerConfig) {
 
 async fn daemon_main(config: WorkerConfig) -> anyhow::Result<()> {
     daemon::logging::init(&config.log)?;
+    match &config.config_file {
+        Some(path) => tracing::info!(config = %path.display(), "configuration read"),
+        None => tracing::info!("no config file: flags and environment only"),
+    }
     let shutdown = daemon::shutdown::on_signals().context("installing signal handlers")?;
     let name = format!("colibri-worker {}", config.worker_id);
     let client = config.connect.connect(&name, Role::Daemon).await?;
@@ -191,9 +199,7 @@ async fn spawn_local(mut config: WorkerConfig, args: SpawnLocal) -> anyhow::Resu
 /// flag, variable or config file gives default to the host name and a fresh
 /// private temporary dir, which is returned (to be removed afterwards).
 fn spawn_local_defaults(flags: &mut WorkerFlags) -> Option<PathBuf> {
-    let file: toml::Table = flags
-        .config
-        .as_ref()
+    let file: toml::Table = worker::config::config_file(flags)
         .and_then(|p| std::fs::read_to_string(p).ok())
         .and_then(|text| toml::from_str(&text).ok())
         .unwrap_or_default();
