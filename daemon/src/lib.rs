@@ -4,10 +4,13 @@
 //!   reopened on SIGHUP so newsyslog/logrotate can rotate it;
 //! - [`shutdown`]: one cancellation token fired by SIGTERM or SIGINT, and a
 //!   bounded-grace drain helper;
+//! - [`config_checks`]: what `check-config` checks on the host (files it
+//!   names readable, log file appendable, the platform's default config);
 //! - [`notify_ready`]: systemd `Type=notify` readiness (a no-op elsewhere).
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod config_checks;
 pub mod logging;
 pub mod shutdown;
 

@@ -11,7 +11,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
 use daemon::logging::{LogConfig, LogFormat};
 
-pub mod checks;
+pub use daemon::config_checks as checks;
 mod file;
 
 pub use file::{NatsFile, SchedulerFile, StreamsFile};

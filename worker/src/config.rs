@@ -17,7 +17,7 @@ use serde::Deserialize;
 use crate::executor::ExecutorKind;
 use crate::profiles::Profiles;
 
-pub mod checks;
+pub use daemon::config_checks as checks;
 mod file;
 
 use file::parse_file;

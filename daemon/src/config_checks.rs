@@ -3,10 +3,9 @@
 //! can be read, that the log file can be opened for append, and where the
 //! platform keeps the config file when `--config` is not given.
 //!
-//! Mirrored, to the letter, in `scheduler/src/config/checks.rs`: both daemons
-//! must agree on these, and neither `broker` nor `daemon` (the crates they
-//! share) holds configuration checks yet. Each check returns the field it
-//! concerns and a message, for the caller to wrap in its own problem type.
+//! Shared by both daemons, which must agree on these. Each check returns the
+//! field it concerns and a message, for the caller to wrap in its own
+//! problem type.
 
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
