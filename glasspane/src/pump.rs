@@ -48,7 +48,15 @@ pub struct PumpConfig {
     pub stall_after: Duration,
     /// Bound on publishing and syncing the final events at the end.
     pub finish_timeout: Duration,
+    /// Bytes of events one session publishes live (so stored in the
+    /// sessions stream) at most: past it, messages, tool calls and raw lines
+    /// are dropped live, counted in `dropped` events, and kept only in the
+    /// transcript; lifecycle, usage and the end always go out.
+    pub max_live_bytes: u64,
 }
+
+/// Default [`PumpConfig::max_live_bytes`]: 64 MiB per session.
+pub const DEFAULT_MAX_LIVE_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Default for PumpConfig {
     fn default() -> Self {
@@ -57,6 +65,7 @@ impl Default for PumpConfig {
             max_line: DEFAULT_MAX_LINE,
             stall_after: Duration::from_secs(120),
             finish_timeout: Duration::from_secs(10),
+            max_live_bytes: DEFAULT_MAX_LIVE_BYTES,
         }
     }
 }
@@ -211,6 +220,7 @@ where
 {
     let mut parser = format.parser(config.limits);
     let mut em = Emitter::new(meta, publisher, transcript, live, guard);
+    em.max_live_bytes = config.max_live_bytes;
     em.pane(Pane::Starting, None);
 
     let mut out_r = LineReader::with_limit(stdout, config.max_line);
@@ -320,6 +330,9 @@ struct Emitter {
     /// Live events dropped since the last `dropped` event.
     dropped_pending: u64,
     dropped_total: u64,
+    /// Bytes published live so far, and the session's bound on them.
+    live_bytes: u64,
+    max_live_bytes: u64,
     buf: Vec<u8>,
     guard: Box<dyn AppendGuard>,
     /// The guard's actions not yet carried out, in order.
@@ -355,6 +368,8 @@ impl Emitter {
             usage: Usage::default(),
             dropped_pending: 0,
             dropped_total: 0,
+            live_bytes: 0,
+            max_live_bytes: DEFAULT_MAX_LIVE_BYTES,
             buf: Vec::with_capacity(1024),
             guard,
             guard_actions: std::collections::VecDeque::new(),
@@ -405,10 +420,21 @@ impl Emitter {
             // Room was checked and only the pump sends: this cannot fail.
             let _ = self.publisher.try_publish(marker);
         }
+        let bulky = matches!(
+            event,
+            Event::Message { .. }
+                | Event::ToolStart { .. }
+                | Event::ToolEnd { .. }
+                | Event::Raw { .. }
+        );
         let msg = self.record(event);
-        if self.publisher.try_publish(msg).is_err() {
+        let len = msg.payload.len() as u64;
+        let over = bulky && self.live_bytes + len > self.max_live_bytes;
+        if over || self.publisher.try_publish(msg).is_err() {
             self.dropped_pending += 1;
             self.dropped_total += 1;
+        } else {
+            self.live_bytes += len;
         }
         self.run_guard_actions();
     }

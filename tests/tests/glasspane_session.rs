@@ -289,3 +289,77 @@ async fn flood_drops_live_events_but_accounts_for_each() -> anyhow::Result<()> {
     assert_eq!(seqs, (1..=summary.events).collect::<Vec<_>>());
     Ok(())
 }
+
+/// One session publishes at most `max_live_bytes` of bulky events live (so
+/// stored in the sessions stream); past it they are dropped live and
+/// counted, lifecycle and the end still go out, and the transcript keeps all.
+#[tokio::test]
+async fn live_bytes_per_session_are_bounded() -> anyhow::Result<()> {
+    let (_nats, client, _js) = setup().await?;
+    let state = tempfile::tempdir()?;
+    let meta = meta();
+    let mut sub = client
+        .subscribe(broker::subjects::session_any(&meta.session))
+        .await?;
+    within(T, "subscribe flush", client.flush()).await??;
+    let mut stdout = Vec::new();
+    for i in 0..2_000 {
+        stdout.extend_from_slice(format!("line {i} {}\n", "x".repeat(100)).as_bytes());
+    }
+    let config = PumpConfig {
+        max_live_bytes: 20_000,
+        ..Default::default()
+    };
+    let (live, _rx) = watch::channel(LiveState::default());
+    let summary = within(
+        T,
+        "run_session",
+        run_session(
+            &stdout[..],
+            tokio::io::empty(),
+            async { AgentEnding::from(AgentExit::success()) },
+            meta.clone(),
+            AgentFormat::Text,
+            config,
+            // Room for everything: only the byte bound drops.
+            SessionPublisher::spawn(client.clone(), 4096),
+            Some(Transcript::create(
+                state.path(),
+                &meta.session,
+                Default::default(),
+            )?),
+            live,
+        ),
+    )
+    .await?;
+    let live_events = collect_until_end(&mut sub).await?;
+    let bulky_bytes: usize = live_events
+        .iter()
+        .filter(|e| e.event.kind() == "raw")
+        .map(|e| serde_json::to_vec(e).map(|v| v.len()).unwrap_or(0))
+        .sum();
+    assert!(
+        bulky_bytes <= 20_000,
+        "{bulky_bytes} bytes of raw lines live"
+    );
+    assert!(summary.dropped > 1_500, "{} dropped", summary.dropped);
+    let announced: u64 = live_events
+        .iter()
+        .map(|e| match e.event {
+            Event::Dropped { count } => count,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(announced, summary.dropped, "every drop is announced");
+    assert!(live_events.iter().any(|e| e.event.is_end()));
+    let text = std::fs::read_to_string(glasspane::transcript::transcript_path(
+        state.path(),
+        &meta.session,
+    ))?;
+    assert_eq!(
+        text.lines().count() as u64,
+        summary.events,
+        "the transcript keeps all"
+    );
+    Ok(())
+}
