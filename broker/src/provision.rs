@@ -4,7 +4,7 @@
 //!
 //! | stream             | subjects                                            | retention  | discard |
 //! |--------------------|-----------------------------------------------------|------------|---------|
-//! | `COLIBRI_INTAKE`   | `colibri.task.*.submit`, `colibri.task.*.report`    | work queue | new     |
+//! | `COLIBRI_INTAKE`   | `colibri.task.*.submit`, `colibri.task.*.report.*`  | work queue | new     |
 //! | `COLIBRI_WORK`     | `colibri.work.>`                                    | work queue | new     |
 //! | `COLIBRI_EVENTS`   | `colibri.task.*.state`, `colibri.worker.*.state`    | limits     | old     |
 //! | `COLIBRI_SESSIONS` | `colibri.session.>`                                 | limits     | old     |

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! colibri.task.<task>.submit        client    -> scheduler  COLIBRI_INTAKE (work queue)
-//! colibri.task.<task>.report        worker    -> scheduler  COLIBRI_INTAKE (work queue)
+//! colibri.task.<task>.report.<worker> worker  -> scheduler  COLIBRI_INTAKE (work queue)
 //! colibri.task.<task>.state         scheduler -> anyone     COLIBRI_EVENTS (limits)
 //! colibri.worker.<worker>.state     scheduler -> anyone     COLIBRI_EVENTS (limits)
 //! colibri.work.<worker>             scheduler -> worker     COLIBRI_WORK (work queue)
@@ -21,7 +21,7 @@ pub const PREFIX: &str = "colibri";
 /// Wildcard that matches every task lifecycle subject.
 pub const TASK_ALL: &str = "colibri.task.>";
 pub const TASK_SUBMIT_ALL: &str = "colibri.task.*.submit";
-pub const TASK_REPORT_ALL: &str = "colibri.task.*.report";
+pub const TASK_REPORT_ALL: &str = "colibri.task.*.report.*";
 pub const TASK_STATE_ALL: &str = "colibri.task.*.state";
 pub const WORKER_STATE_ALL: &str = "colibri.worker.*.state";
 pub const WORK_ALL: &str = "colibri.work.>";
@@ -32,8 +32,18 @@ pub const API_PREFIX: &str = "colibri.api";
 pub fn task_submit(task: &TaskId) -> String {
     format!("colibri.task.{task}.submit")
 }
-pub fn task_report(task: &TaskId) -> String {
-    format!("colibri.task.{task}.report")
+/// A worker's reports name it in the subject, where permissions can pin
+/// each host to its own (the scheduler checks the body against it).
+pub fn task_report(task: &TaskId, worker: &WorkerId) -> String {
+    format!("colibri.task.{task}.report.{}", worker.token())
+}
+/// Every worker's reports on one task.
+pub fn task_report_any(task: &TaskId) -> String {
+    format!("colibri.task.{task}.report.*")
+}
+/// Subjects a worker may report on: its own.
+pub fn worker_reports(worker: &WorkerId) -> String {
+    format!("colibri.task.*.report.{}", worker.token())
 }
 pub fn task_state(task: &TaskId) -> String {
     format!("colibri.task.{task}.state")
@@ -83,7 +93,21 @@ pub fn parse_task_subject(subject: &str) -> Option<(TaskId, &str)> {
     }
     let id = parts.next()?.parse().ok()?;
     let kind = parts.next()?;
+    if kind == "report" {
+        // The sender's token follows (see [`report_sender`]).
+        parts.next()?;
+    }
     parts.next().is_none().then_some((id, kind))
+}
+
+/// The worker token a report subject names (`colibri.task.<task>.report.<worker>`).
+pub fn report_sender(subject: &str) -> Option<&str> {
+    let mut parts = subject.split('.');
+    let ok = parts.next()? == PREFIX && parts.next()? == "task";
+    parts.next()?;
+    let ok = ok && parts.next()? == "report";
+    let sender = parts.next()?;
+    (ok && parts.next().is_none()).then_some(sender)
 }
 
 #[cfg(test)]
@@ -100,8 +124,18 @@ mod tests {
     #[test]
     fn task_subject_roundtrip() {
         let id = TaskId::new();
-        assert_eq!(parse_task_subject(&task_report(&id)), Some((id, "report")));
-        assert_eq!(parse_task_subject("colibri.task.nope.report"), None);
+        let w = WorkerId::parse("debby.lan").unwrap();
+        assert_eq!(
+            parse_task_subject(&task_report(&id, &w)),
+            Some((id, "report"))
+        );
+        assert_eq!(report_sender(&task_report(&id, &w)), Some("debby_dlan"));
+        assert_eq!(
+            parse_task_subject(&format!("colibri.task.{id}.report")),
+            None
+        );
+        assert_eq!(report_sender(&task_submit(&id)), None);
+        assert_eq!(parse_task_subject("colibri.task.nope.report.w"), None);
         assert_eq!(parse_task_subject("colibri.work.x"), None);
     }
 }

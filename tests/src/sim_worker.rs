@@ -164,7 +164,7 @@ impl SimWorker {
             let publish = PublishMessage::build()
                 .payload(encode(&report))
                 .message_id(report.msg_id());
-            let subject = subjects::task_report(&run.task.id);
+            let subject = subjects::task_report(&run.task.id, &report.worker);
             self.js
                 .send_publish(subject, publish)
                 .await

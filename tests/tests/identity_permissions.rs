@@ -35,7 +35,7 @@ async fn worker_identity_may_do_only_its_own_job() -> anyhow::Result<()> {
     // What it may do: its own presence, reports, session events.
     for subject in [
         "colibri.presence.debby".to_string(),
-        subjects::task_report(&TaskId::new()),
+        subjects::task_report(&TaskId::new(), &WorkerId::parse("debby")?),
         "colibri.session.0190-x.event".to_string(),
     ] {
         debby.client.publish(subject, "{}".into()).await?;
@@ -49,6 +49,9 @@ async fn worker_identity_may_do_only_its_own_job() -> anyhow::Result<()> {
     debby.denied_publish("colibri.api.cancel").await?;
     // Speak for another host.
     debby.denied_publish("colibri.presence.domedog").await?;
+    debby
+        .denied_publish(&subjects::task_report(&task, &WorkerId::parse("domedog")?))
+        .await?;
     // Place work, or touch another host's placed work.
     debby.denied_publish("colibri.work.domedog").await?;
     debby
@@ -323,8 +326,9 @@ async fn least_privilege_fleet_runs_tasks_and_checks_claims() -> anyhow::Result<
         },
     };
     let js = jetstream::new(domedog.client.clone());
+    let domedog_reports = subjects::task_report(&long, &WorkerId::parse("domedog")?);
     within(Duration::from_secs(10), "forged report stored", async {
-        js.publish(subjects::task_report(&long), encode(&forged))
+        js.publish(domedog_reports.clone(), encode(&forged))
             .await?
             .await
     })
@@ -333,6 +337,32 @@ async fn least_privilege_fleet_runs_tasks_and_checks_claims() -> anyhow::Result<
         let s = f.status(&watch).await?;
         (s.counters
             .get("reports_worker_mismatch")
+            .copied()
+            .unwrap_or(0)
+            >= 1)
+            .then_some(())
+    })
+    .await?;
+    // domedog, on its own subject, speaking as debby (the run's worker): the
+    // subject says who sent it; the report is dropped and counted.
+    let impersonated = Report {
+        worker: WorkerId::parse("debby")?,
+        ..forged.clone()
+    };
+    within(
+        Duration::from_secs(10),
+        "impersonating report stored",
+        async {
+            js.publish(domedog_reports.clone(), encode(&impersonated))
+                .await?
+                .await
+        },
+    )
+    .await??;
+    eventually(Duration::from_secs(10), "impersonation counted", || async {
+        let s = f.status(&watch).await?;
+        (s.counters
+            .get("reports_sender_mismatch")
             .copied()
             .unwrap_or(0)
             >= 1)

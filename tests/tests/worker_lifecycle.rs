@@ -218,7 +218,7 @@ async fn nats_restart_mid_run_loses_no_report() -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(client);
     let finished = eventually(LONG, "finished report stored in the intake", || {
         let js = js.clone();
-        let subject = broker::subjects::task_report(&task.id);
+        let subject = broker::subjects::task_report(&task.id, &w.id);
         async move {
             let stream = js.get_stream(broker::provision::INTAKE_STREAM).await.ok()?;
             let msg = stream
@@ -242,7 +242,7 @@ async fn nats_restart_mid_run_loses_no_report() -> anyhow::Result<()> {
     fleet.run(&w.id, &next, 1).await?;
     eventually(LONG, "second task finished", || {
         let js = js.clone();
-        let subject = broker::subjects::task_report(&next.id);
+        let subject = broker::subjects::task_report(&next.id, &w.id);
         async move {
             let stream = js.get_stream(broker::provision::INTAKE_STREAM).await.ok()?;
             let msg = stream

@@ -57,7 +57,7 @@ impl Reporter {
     /// Publishes `report` until the stream has it (retries forever, backing
     /// off up to 2 s; the caller bounds the wait at shutdown).
     pub async fn publish(&self, report: &Report) {
-        let subject = subjects::task_report(&report.task_id);
+        let subject = subjects::task_report(&report.task_id, &report.worker);
         let payload = encode(report);
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", report.msg_id().as_str());
@@ -99,7 +99,7 @@ impl Reporter {
     /// supersedes, so a lost one is not worth a retry (and a retry could
     /// land after the attempt's `finished`).
     pub async fn publish_once(&self, report: &Report, limit: Duration) -> Result<(), String> {
-        let subject = subjects::task_report(&report.task_id);
+        let subject = subjects::task_report(&report.task_id, &report.worker);
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", report.msg_id().as_str());
         let sent = async {

@@ -107,16 +107,16 @@ impl Permissions {
     /// on the work stream, by exact name and filter (a consumer created under
     /// its name cannot filter on another worker's orders: the server checks
     /// the filter in the subject against the request); config reads; its
-    /// inbox. Reports cannot name the worker in the subject, so the scheduler
-    /// checks the report's worker against the attempt (see the scheduler's
-    /// claims module).
+    /// inbox. Reports name the worker in the subject, so a host can report
+    /// only as itself; the scheduler checks the body against the subject and
+    /// the attempt (see the scheduler's claims module).
     pub fn worker(worker: &WorkerId) -> Permissions {
         let token = worker.token();
         let consumer = worker_consumer_name(worker);
         let config = config_stream();
         let mut publish = vec![
             subjects::presence(worker),
-            subjects::TASK_REPORT_ALL.to_string(),
+            subjects::worker_reports(worker),
             subjects::SESSION_ALL.to_string(),
             format!("$JS.API.STREAM.INFO.{WORK_STREAM}"),
             format!("$JS.API.STREAM.INFO.{INTAKE_STREAM}"),
@@ -224,7 +224,7 @@ mod tests {
             p.publish,
             [
                 "colibri.presence.debby_dlan",
-                "colibri.task.*.report",
+                "colibri.task.*.report.debby_dlan",
                 "colibri.session.>",
                 "$JS.API.STREAM.INFO.COLIBRI_WORK",
                 "$JS.API.STREAM.INFO.COLIBRI_INTAKE",

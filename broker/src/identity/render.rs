@@ -93,7 +93,7 @@ mod tests {
         publish: {
           allow: [
             "colibri.presence.debby",
-            "colibri.task.*.report",
+            "colibri.task.*.report.debby",
             "colibri.session.>",
             "$JS.API.STREAM.INFO.COLIBRI_WORK",
             "$JS.API.STREAM.INFO.COLIBRI_INTAKE",

@@ -326,6 +326,14 @@ fn handle_intake(
             }
         },
         Some("report") => match decode::<Report>(&msg.payload) {
+            // Permissions pin each host to its own report subject: a body
+            // naming another worker is forged (or broken), never applied.
+            Ok(report) if subjects::report_sender(&msg.subject) != Some(&report.worker.token()) => {
+                core.count("reports_sender_mismatch");
+                tracing::warn!(subject = %msg.subject, task_id = %report.task_id, worker = %report.worker,
+                    "report naming another worker than its subject dropped");
+                Ok(false)
+            }
             Ok(report) => core.report(tx, report, now_ms).map(|_| true),
             Err(error) => {
                 core.count("malformed_reports");
