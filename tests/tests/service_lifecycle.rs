@@ -130,7 +130,15 @@ async fn daemons_reopen_logs_on_sighup_and_stop_cleanly_on_sigterm() -> anyhow::
     signal(worker.id().unwrap_or_default(), "-TERM")?;
     let status = exits_within(&mut worker, Duration::from_secs(30)).await?;
     assert!(status.success(), "worker exit: {status}");
-    let d = board.wait_state(&spec.id, TaskState::Failed, T).await?;
+    // The worker's `leaving` heartbeat (core NATS) may overtake its stored
+    // `finished` report: the task fails on the first, the attempt's outcome
+    // arrives with the second.
+    let d = board
+        .wait_for(&spec.id, "failed, the attempt's outcome known", T, |d| {
+            d.summary.state == TaskState::Failed
+                && d.attempts.first().is_some_and(|a| a.outcome.is_some())
+        })
+        .await?;
     assert_eq!(d.attempts[0].outcome, Some(Outcome::Interrupted));
     let status = board.status().await?;
     assert!(

@@ -75,6 +75,20 @@ pub fn argv(sandbox: &Sandbox, agent_argv: &[String], fds: StatusFds) -> Vec<Str
         argv.extend(["--ro-bind".into(), "/dev/null".into()]);
         argv.push(file.to_string_lossy().into_owned());
     }
+    // The agent's own program stays reachable when it lies where the
+    // sandbox shows something else (a checkout under /tmp, say).
+    if let Some(program) = agent_argv
+        .first()
+        .map(std::path::Path::new)
+        .filter(|p| p.is_absolute())
+    {
+        let covered =
+            program.starts_with("/tmp") || sandbox.hide_dirs.iter().any(|d| program.starts_with(d));
+        if covered {
+            let program = program.to_string_lossy().into_owned();
+            argv.extend(["--ro-bind".into(), program.clone(), program]);
+        }
+    }
     argv.push("--bind".into());
     argv.push(workdir.clone());
     argv.push(workdir.clone());
@@ -159,6 +173,24 @@ mod tests {
             --bind /var/db/colibri-worker/work/t-1 /var/db/colibri-worker/work/t-1 \
             --unshare-pid --unshare-ipc --unshare-uts --die-with-parent --new-session \
             --chdir /var/db/colibri-worker/work/t-1 -- true"
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn an_agent_program_under_tmp_stays_reachable() {
+        let got = argv(
+            &sandbox(NetworkPolicy::Host),
+            &["/tmp/ci/target/debug/agent".into(), "x".into()],
+            FDS,
+        );
+        let want: Vec<String> = "bwrap --info-fd 5 --json-status-fd 7 --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp \
+            --ro-bind /tmp/ci/target/debug/agent /tmp/ci/target/debug/agent \
+            --bind /var/db/colibri-worker/work/t-1 /var/db/colibri-worker/work/t-1 \
+            --unshare-pid --unshare-ipc --unshare-uts --die-with-parent --new-session \
+            --chdir /var/db/colibri-worker/work/t-1 -- /tmp/ci/target/debug/agent x"
             .split_whitespace()
             .map(String::from)
             .collect();
