@@ -6,11 +6,14 @@
 //!   bounded-grace drain helper;
 //! - [`config_checks`]: what `check-config` checks on the host (files it
 //!   names readable, log file appendable, the platform's default config);
+//! - [`config_file`]: what both TOML files share (problems, key-by-key
+//!   parsing, the `[nats]` table);
 //! - [`notify_ready`]: systemd `Type=notify` readiness (a no-op elsewhere).
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod config_checks;
+pub mod config_file;
 pub mod logging;
 pub mod shutdown;
 

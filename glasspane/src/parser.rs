@@ -224,14 +224,7 @@ pub struct UsageTotals {
 impl UsageTotals {
     /// Adds one response's usage and returns its event.
     pub fn add(&mut self, response: Usage) -> Event {
-        let t = &mut self.total;
-        t.input_tokens += response.input_tokens;
-        t.output_tokens += response.output_tokens;
-        t.cache_read_tokens += response.cache_read_tokens;
-        t.cache_write_tokens += response.cache_write_tokens;
-        if let Some(c) = response.cost_usd {
-            t.cost_usd = Some(t.cost_usd.unwrap_or(0.0) + c);
-        }
+        self.total = self.total.plus(&response);
         Event::Usage {
             response,
             total: self.total.clone(),

@@ -2,7 +2,6 @@
 //! flags (see docs/CONFIG.md). Everything is parsed and checked here, before
 //! the runtime starts; `check-config` prints every problem with its field.
 
-use std::fmt;
 use std::path::PathBuf;
 
 use broker::connect::ConnectArgs;
@@ -14,7 +13,9 @@ use daemon::logging::{LogConfig, LogFormat};
 pub use daemon::config_checks as checks;
 mod file;
 
-pub use file::{NatsFile, SchedulerFile, StreamsFile};
+use daemon::config_file::render;
+pub use daemon::config_file::{NatsFile, Problem};
+pub use file::{SchedulerFile, StreamsFile};
 
 /// Flags of `colibri-scheduler`.
 #[derive(Debug, Clone, Args)]
@@ -60,42 +61,11 @@ pub struct SchedulerConfig {
     pub config_file: Option<PathBuf>,
 }
 
-/// One thing wrong with the configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The offending field (`db`, `nats.nkey`, `log.file`, ...).
-    pub field: String,
-    pub message: String,
-}
-
-impl Problem {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Problem {
-        Problem {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
 /// Every problem found, each naming its field (the worker's format).
 #[derive(Debug, thiserror::Error)]
 #[error("{} problem(s) in the configuration:\n{}", .problems.len(), render(.problems))]
 pub struct ConfigError {
     pub problems: Vec<Problem>,
-}
-
-fn render(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(|p| format!("  {p}"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 fn from_file(value_source: Option<ValueSource>) -> bool {
@@ -146,12 +116,7 @@ impl SchedulerConfig {
         if from_file(matches.value_source("nats_url")) && !file.nats.url.is_empty() {
             connect.nats_url = file.nats.url.clone();
         }
-        connect.creds = connect.creds.or(file.nats.creds.clone());
-        connect.nkey = connect.nkey.or(file.nats.nkey.clone());
-        connect.tls_ca = connect.tls_ca.or(file.nats.tls_ca.clone());
-        connect.tls_cert = connect.tls_cert.or(file.nats.tls_cert.clone());
-        connect.tls_key = connect.tls_key.or(file.nats.tls_key.clone());
-        connect.inbox_prefix = connect.inbox_prefix.or(file.nats.inbox_prefix.clone());
+        file.nats.fill_in(&mut connect);
         check_connect(&connect, &mut problems);
         let mut log = file.log.clone();
         if let Some(f) = args.log_format {

@@ -4,7 +4,6 @@
 //! [`load`] returns either a [`WorkerConfig`] that the daemon can trust or
 //! every problem found, each naming its field.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -232,28 +231,8 @@ fn parse_capabilities(value: &str) -> Result<TagSet, String> {
     TagSet::parse_lists([value]).map_err(|e| format!("capabilities: {e}"))
 }
 
-/// One thing wrong with the configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The offending field (`limits.idle_secs`, `agents.pi.argv`, ...).
-    pub field: String,
-    pub message: String,
-}
-
-impl Problem {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Problem {
-        Problem {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
+use daemon::config_file::render;
+pub use daemon::config_file::Problem;
 
 /// Why no configuration could be built.
 #[derive(Debug, thiserror::Error)]
@@ -281,14 +260,6 @@ impl ConfigError {
             ConfigError::Read { .. } => &[],
         }
     }
-}
-
-fn render(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(|p| format!("  {p}"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 fn secs(
@@ -469,14 +440,9 @@ pub fn resolve(text: Option<&str>, flags: &WorkerFlags) -> Result<WorkerConfig, 
     // A flag or COLIBRI_* variable wins; clap fills the URL's default, so
     // the file's URL applies whenever the URL is still that default.
     if !nats.url.is_empty() && connect.nats_url == [broker::connect::DEFAULT_NATS_URL] {
-        connect.nats_url = nats.url;
+        connect.nats_url.clone_from(&nats.url);
     }
-    connect.creds = connect.creds.or(nats.creds);
-    connect.nkey = connect.nkey.or(nats.nkey);
-    connect.tls_ca = connect.tls_ca.or(nats.tls_ca);
-    connect.tls_cert = connect.tls_cert.or(nats.tls_cert);
-    connect.tls_key = connect.tls_key.or(nats.tls_key);
-    connect.inbox_prefix = connect.inbox_prefix.or(nats.inbox_prefix);
+    nats.fill_in(&mut connect);
     for (field, message) in checks::check_connect(&connect) {
         problems.push(Problem::new(field, message));
     }

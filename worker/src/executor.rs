@@ -7,7 +7,7 @@
 //! `Started` and acknowledges the order) and then finished ([`Begun::finish`]).
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use broker::messages::{Outcome, RunOrder};
@@ -38,6 +38,16 @@ pub struct Executor {
     config: Arc<WorkerConfig>,
     /// Where agents' piped output goes (none: output is not read).
     sessions: Option<SessionOutput>,
+    /// What confined agents must not see, resolved once (at the first
+    /// spawn, when the state dir exists).
+    hidden: Arc<OnceLock<Hidden>>,
+}
+
+/// The worker's own paths hidden from confined agents.
+#[derive(Debug)]
+struct Hidden {
+    dirs: Vec<PathBuf>,
+    files: Vec<PathBuf>,
 }
 
 /// An attempt that has started.
@@ -67,6 +77,7 @@ impl Executor {
         Executor {
             config,
             sessions: None,
+            hidden: Arc::default(),
         }
     }
 
@@ -74,6 +85,13 @@ impl Executor {
     pub fn with_sessions(mut self, sessions: SessionOutput) -> Executor {
         self.sessions = Some(sessions);
         self
+    }
+
+    fn hidden(&self) -> &Hidden {
+        self.hidden.get_or_init(|| Hidden {
+            dirs: existing(std::iter::once(self.config.state_dir.clone())),
+            files: existing(self.config.secret_files()),
+        })
     }
 
     /// Starts `order`, or says how it ended without running.
@@ -132,8 +150,8 @@ impl Executor {
             network: task.network.unwrap_or(cfg.network.into()),
             name: format!("colibri_{}_{}", task.id.0.simple(), order.attempt),
             agent_user: cfg.agent_user.clone(),
-            hide_dirs: existing(std::iter::once(cfg.state_dir.clone())),
-            hide_files: existing(cfg.secret_files()),
+            hide_dirs: self.hidden().dirs.clone(),
+            hide_files: self.hidden().files.clone(),
         };
         let launch = confine::launch(cfg.confinement, &sandbox, &invocation.argv, &env);
         let cleanup = launch.after.clone();

@@ -4,25 +4,9 @@
 
 use std::path::PathBuf;
 
+use daemon::config_file::{field, typed_table, NatsFile, Problem};
 use daemon::logging::LogConfig;
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
-
-use super::Problem;
-
-/// `[nats]` table, shared in shape with the worker's.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NatsFile {
-    #[serde(default)]
-    pub url: Vec<String>,
-    pub creds: Option<PathBuf>,
-    pub nkey: Option<PathBuf>,
-    pub tls_ca: Option<PathBuf>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub inbox_prefix: Option<String>,
-}
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,46 +53,4 @@ pub fn parse(text: &str, problems: &mut Vec<Problem>) -> SchedulerFile {
         }
     }
     file
-}
-
-fn field<T: DeserializeOwned>(
-    name: &str,
-    value: toml::Value,
-    problems: &mut Vec<Problem>,
-) -> Option<T> {
-    match T::deserialize(value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            // The first line: the field is named already (toml adds "in `key`").
-            let message = e.to_string();
-            let message = message.lines().next().unwrap_or_default().trim();
-            problems.push(Problem::new(name, message));
-            None
-        }
-    }
-}
-
-/// A table whose keys are each checked alone (a problem per bad key, named
-/// `table.key`); the good keys are kept.
-fn typed_table<T: DeserializeOwned + Default>(
-    name: &str,
-    value: toml::Value,
-    problems: &mut Vec<Problem>,
-) -> T {
-    let table = match value {
-        toml::Value::Table(t) => t,
-        other => {
-            let message = format!("must be a table, not a {}", other.type_str());
-            problems.push(Problem::new(name, message));
-            return T::default();
-        }
-    };
-    let good: toml::Table = table
-        .into_iter()
-        .filter(|(key, value)| {
-            let alone = toml::Table::from_iter([(key.clone(), value.clone())]);
-            field::<T>(&format!("{name}.{key}"), alone.into(), problems).is_some()
-        })
-        .collect();
-    field(name, good.into(), problems).unwrap_or_default()
 }

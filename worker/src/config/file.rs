@@ -5,11 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use daemon::config_file::{field, table, typed_table, NatsFile, Problem};
 use daemon::logging::LogConfig;
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
 
-use super::{Confinement, KeepWorkdirs, Network, Problem};
+use super::{Confinement, KeepWorkdirs, Network};
 use crate::profiles::AgentFile;
 
 /// `worker.toml` as written: every key optional, each parsed on its own so
@@ -39,50 +38,6 @@ pub(super) struct LimitsFile {
     pub(super) kill_grace_secs: Option<i64>,
     pub(super) spawn_retries: Option<i64>,
     pub(super) shutdown_grace_secs: Option<i64>,
-}
-
-/// The `[nats]` table shared by every binary.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct NatsFile {
-    #[serde(default)]
-    pub(super) url: Vec<String>,
-    pub(super) creds: Option<PathBuf>,
-    pub(super) nkey: Option<PathBuf>,
-    pub(super) tls_ca: Option<PathBuf>,
-    pub(super) tls_cert: Option<PathBuf>,
-    pub(super) tls_key: Option<PathBuf>,
-    pub(super) inbox_prefix: Option<String>,
-}
-
-fn field<T: DeserializeOwned>(
-    name: &str,
-    value: toml::Value,
-    problems: &mut Vec<Problem>,
-) -> Option<T> {
-    match T::deserialize(value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            // The first line: the field is named already (toml adds "in `key`").
-            let message = e.to_string();
-            let message = message.lines().next().unwrap_or_default().trim();
-            problems.push(Problem::new(name, message));
-            None
-        }
-    }
-}
-
-fn table(name: &str, value: toml::Value, problems: &mut Vec<Problem>) -> toml::Table {
-    match value {
-        toml::Value::Table(t) => t,
-        other => {
-            problems.push(Problem::new(
-                name,
-                format!("must be a table, not a {}", other.type_str()),
-            ));
-            toml::Table::new()
-        }
-    }
 }
 
 pub(super) fn parse_file(text: &str, problems: &mut Vec<Problem>) -> FileConfig {
@@ -138,22 +93,4 @@ pub(super) fn parse_file(text: &str, problems: &mut Vec<Problem>) -> FileConfig 
         }
     }
     file
-}
-
-/// A table whose keys are each checked alone (a problem per bad key, named
-/// `table.key`); the good keys are kept.
-fn typed_table<T: DeserializeOwned + Default>(
-    name: &str,
-    value: toml::Value,
-    problems: &mut Vec<Problem>,
-) -> T {
-    let table = table(name, value, problems);
-    let good: toml::Table = table
-        .into_iter()
-        .filter(|(key, value)| {
-            let alone = toml::Table::from_iter([(key.clone(), value.clone())]);
-            field::<T>(&format!("{name}.{key}"), alone.into(), problems).is_some()
-        })
-        .collect();
-    field(name, good.into(), problems).unwrap_or_default()
 }
