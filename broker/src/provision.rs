@@ -9,6 +9,8 @@
 //! | `COLIBRI_EVENTS`   | `colibri.task.*.state`, `colibri.worker.*.state`    | limits     | old     |
 //! | `COLIBRI_SESSIONS` | `colibri.session.>`                                 | limits     | old     |
 //!
+//! | `OBJ_colibri-transcripts` | `$O.colibri-transcripts.>` (object store) | limits | new |
+//!
 //! Work-queue streams refuse new messages when full rather than drop
 //! accepted ones: a submit into a full intake fails loudly at the client.
 
@@ -36,6 +38,11 @@ pub const COST_MODE_KEY: &str = "cost-mode";
 /// absent means `max`) in [`CONFIG_BUCKET`]: no session's cost mode
 /// escalates past it.
 pub const COST_CEILING_KEY: &str = "cost-ceiling";
+/// Object store of shared session transcripts: what another worker needs
+/// to continue a session whose worker is away.
+pub const TRANSCRIPTS_BUCKET: &str = "colibri-transcripts";
+/// The stream behind [`TRANSCRIPTS_BUCKET`].
+pub const TRANSCRIPTS_STREAM: &str = "OBJ_colibri-transcripts";
 /// Durable consumer through which the scheduler reads the intake.
 pub const SCHEDULER_CONSUMER: &str = "scheduler";
 
@@ -52,6 +59,11 @@ pub struct ProvisionConfig {
     pub events_max_bytes: i64,
     pub sessions_max_age: Duration,
     pub sessions_max_bytes: i64,
+    /// How long a shared transcript stays continuable elsewhere.
+    pub transcripts_max_age: Duration,
+    /// When full, new shares are refused (the session then continues only
+    /// on its own worker); none already shared is dropped early.
+    pub transcripts_max_bytes: i64,
     /// Largest single message on any Colibri stream.
     pub max_msg_size: i32,
 }
@@ -68,6 +80,8 @@ impl Default for ProvisionConfig {
             events_max_bytes: 4 * GIB,
             sessions_max_age: Duration::from_secs(7 * 24 * 3600),
             sessions_max_bytes: 8 * GIB,
+            transcripts_max_age: Duration::from_secs(30 * 24 * 3600),
+            transcripts_max_bytes: 8 * GIB,
             max_msg_size: 1 << 20,
         }
     }
@@ -87,6 +101,12 @@ pub enum ProvisionError {
     Consumer {
         stream: &'static str,
         consumer: String,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error("creating object store {bucket}: {source}")]
+    ObjectStore {
+        bucket: &'static str,
         #[source]
         source: async_nats::Error,
     },
@@ -157,7 +177,31 @@ pub fn stream_configs(cfg: &ProvisionConfig) -> Vec<stream::Config> {
     ]
 }
 
-/// Creates or updates every stream and the config bucket.
+/// The stream behind the transcript object store, as async-nats's
+/// `create_object_store` makes it (chunk and meta subjects, rollup, direct
+/// gets, discard new), but created or updated so that a changed limit
+/// applies to an existing bucket.
+pub fn transcripts_stream_config(cfg: &ProvisionConfig) -> stream::Config {
+    stream::Config {
+        name: TRANSCRIPTS_STREAM.to_string(),
+        description: Some("Shared session transcripts, for continuing a session elsewhere".into()),
+        subjects: vec![
+            format!("$O.{TRANSCRIPTS_BUCKET}.C.>"),
+            format!("$O.{TRANSCRIPTS_BUCKET}.M.>"),
+        ],
+        max_age: cfg.transcripts_max_age,
+        max_bytes: cfg.transcripts_max_bytes,
+        storage: StorageType::File,
+        num_replicas: cfg.replicas,
+        discard: DiscardPolicy::New,
+        allow_rollup: true,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// Creates or updates every stream, the config bucket and the transcript
+/// object store.
 pub async fn provision_all(
     js: &jetstream::Context,
     cfg: &ProvisionConfig,
@@ -172,6 +216,12 @@ pub async fn provision_all(
             })?;
     }
     config_bucket(js, cfg).await?;
+    js.create_or_update_stream(transcripts_stream_config(cfg))
+        .await
+        .map_err(|e| ProvisionError::ObjectStore {
+            bucket: TRANSCRIPTS_BUCKET,
+            source: e.into(),
+        })?;
     Ok(())
 }
 

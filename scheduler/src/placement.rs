@@ -7,14 +7,16 @@
 //! task needing only `linux` leaves the GPU host free; ties go to the most
 //! free slots, then to the worker id, so the choice is deterministic.
 //!
-//! A task continuing an earlier session qualifies only on the worker that
-//! ran it (its transcript is there); while that worker is away it waits.
+//! A task continuing an earlier session runs on the worker that ran it (its
+//! transcript is there) whenever that worker is live and fits. While it is
+//! away, any qualifying worker may take the task once the transcript is
+//! shared in the transcript object store; until then the task waits.
 //!
 //! With no such worker the task is parked with a [`ParkReason`] computed
 //! against the closest worker (fewest missing tags).
 
 use broker::messages::event::ParkReason;
-use broker::{Tag, TagSet, WorkerId};
+use broker::{SessionId, Tag, TagSet, WorkerId};
 
 /// What placement needs to know of a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,25 +41,43 @@ impl WorkerView {
 pub struct TaskNeeds {
     pub capabilities: TagSet,
     pub agent: Tag,
-    /// A continued session runs only on the worker holding its transcript.
-    pub home: Option<WorkerId>,
+    /// Where a continued session's transcript is.
+    pub home: Option<Home>,
+}
+
+/// The session a task continues, the worker holding its transcript, and
+/// whether the transcript is in the transcript store too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home {
+    pub session: SessionId,
+    pub worker: WorkerId,
+    pub shared: bool,
 }
 
 impl TaskNeeds {
-    /// True when `worker` could ever run this task (ignoring slots).
-    pub fn qualifies(&self, worker: &WorkerView) -> bool {
+    /// True when `worker` is live and has the task's tags and agent
+    /// (ignoring slots and where a continued session's transcript is).
+    pub fn fits(&self, worker: &WorkerView) -> bool {
         worker.online
             && worker.agents.contains(&self.agent)
             && self.capabilities.is_subset(&worker.tags)
-            && self.home.as_ref().is_none_or(|h| *h == worker.id)
     }
 }
 
 /// Chooses the worker for `task`, or says why none can take it now.
-pub fn place<'a>(
-    task: &TaskNeeds,
-    workers: impl IntoIterator<Item = &'a WorkerView>,
-) -> Result<WorkerId, ParkReason> {
+pub fn place(task: &TaskNeeds, workers: &[WorkerView]) -> Result<WorkerId, ParkReason> {
+    // A continued session goes home while home is live and fits (it may
+    // wait there for a slot); elsewhere only once its transcript is shared.
+    let only = match &task.home {
+        None => None,
+        Some(h) if workers.iter().any(|w| w.id == h.worker && task.fits(w)) => Some(&h.worker),
+        Some(h) if h.shared => None,
+        Some(h) => {
+            return Err(ParkReason::Home {
+                worker: h.worker.clone(),
+            })
+        }
+    };
     let mut best: Option<(&WorkerView, (usize, std::cmp::Reverse<u32>))> = None;
     let mut qualifying = 0u32;
     let mut closest: Option<(&WorkerView, (usize, bool))> = None;
@@ -67,7 +87,7 @@ pub fn place<'a>(
             continue;
         }
         any_online = true;
-        if task.qualifies(worker) {
+        if task.fits(worker) && only.is_none_or(|id| *id == worker.id) {
             qualifying += 1;
             if worker.free() == 0 {
                 continue;
@@ -98,11 +118,6 @@ pub fn place<'a>(
     }
     if qualifying > 0 {
         return Err(ParkReason::Busy { qualifying });
-    }
-    if let Some(home) = &task.home {
-        return Err(ParkReason::Home {
-            worker: home.clone(),
-        });
     }
     match closest {
         Some((worker, _)) if any_online => Err(ParkReason::Unmatched {
@@ -222,7 +237,11 @@ mod tests {
             worker("home", &["linux", "gpu"], 4, 0),
         ];
         let mut n = needs(&["linux"]);
-        n.home = Some(WorkerId::parse("home").unwrap());
+        n.home = Some(Home {
+            session: SessionId::new(),
+            worker: WorkerId::parse("home").unwrap(),
+            shared: false,
+        });
         assert_eq!(place(&n, &ws).unwrap().as_str(), "home");
         let mut away = ws.clone();
         away[1].online = false;
@@ -232,6 +251,17 @@ mod tests {
                 worker: WorkerId::parse("home").unwrap()
             })
         );
+        // Home full but live: it waits for home, even when shared.
+        n.home.as_mut().unwrap().shared = true;
+        let mut full = ws.clone();
+        full[1].used = 4;
+        assert_eq!(place(&n, &full), Err(ParkReason::Busy { qualifying: 1 }));
+        // Home away and the transcript shared: any qualifying worker.
+        assert_eq!(place(&n, &away).unwrap().as_str(), "a");
+        // Home live but no longer fitting (its agent removed): elsewhere.
+        let mut unfit = ws.clone();
+        unfit[1].agents = tags(&["pi"]);
+        assert_eq!(place(&n, &unfit).unwrap().as_str(), "a");
     }
 
     #[test]
@@ -278,7 +308,7 @@ mod tests {
                     prop_assert!(chosen.online);
                     prop_assert!(chosen.used < chosen.slots);
                     // best fit: no other free qualifying worker fits tighter
-                    for w in ws.iter().filter(|w| task.qualifies(w) && w.free() > 0) {
+                    for w in ws.iter().filter(|w| task.fits(w) && w.free() > 0) {
                         prop_assert!(w.tags.len() >= chosen.tags.len());
                         if w.tags.len() == chosen.tags.len() {
                             prop_assert!(w.free() <= chosen.free());
@@ -286,7 +316,7 @@ mod tests {
                     }
                 }
                 Err(_) => {
-                    prop_assert!(!ws.iter().any(|w| task.qualifies(w) && w.free() > 0));
+                    prop_assert!(!ws.iter().any(|w| task.fits(w) && w.free() > 0));
                 }
             }
         }

@@ -204,6 +204,7 @@ impl SimWorker {
                 signal: None,
                 reason: None,
                 usage: None,
+                transcript: None,
             },
         )
         .await

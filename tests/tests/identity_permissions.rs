@@ -323,6 +323,7 @@ async fn least_privilege_fleet_runs_tasks_and_checks_claims() -> anyhow::Result<
             signal: None,
             reason: None,
             usage: None,
+            transcript: None,
         },
     };
     let js = jetstream::new(domedog.client.clone());

@@ -30,6 +30,7 @@ pub mod runner;
 pub mod secret;
 pub mod session_output;
 pub mod supervise;
+pub mod transcripts;
 pub mod workdir;
 
 pub use config::WorkerConfig;

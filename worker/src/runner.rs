@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, Message};
 use broker::messages::{
-    decode, AttemptRef, CancelOrder, ReportBody, RunOrder, WorkItem, WorkMessage,
+    decode, AttemptRef, CancelOrder, Outcome, ReportBody, RunOrder, SharedTranscript, WorkItem,
+    WorkMessage,
 };
 use broker::provision::{
-    provision_all, ProvisionConfig, CONFIG_BUCKET, INTAKE_STREAM, SESSIONS_STREAM, WORK_STREAM,
+    provision_all, ProvisionConfig, CONFIG_BUCKET, INTAKE_STREAM, SESSIONS_STREAM,
+    TRANSCRIPTS_STREAM, WORK_STREAM,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +30,7 @@ use crate::presence::Presence;
 use crate::reports::Reporter;
 use crate::session_output::SessionOutput;
 use crate::supervise::{Ending, StopCause};
+use crate::transcripts::TranscriptStore;
 
 /// Orders remembered to drop duplicates; the oldest are forgotten first.
 const SEEN_CAPACITY: usize = 100_000;
@@ -66,6 +69,7 @@ pub async fn run(
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let fleet_cost = crate::cost::watch_fleet(js.clone(), shutdown.child_token());
     let fleet_mode = fleet_cost.clone();
+    let transcripts = TranscriptStore::new(js.clone());
     let reporter = Reporter::new(js, config.worker_id.clone(), incarnation);
     let sessions = SessionOutput::new(
         client.clone(),
@@ -79,6 +83,7 @@ pub async fn run(
         presence: Presence::new(&config, incarnation),
         fleet_mode,
         reporter,
+        transcripts,
         executor: Executor::new(config.clone()).with_sessions(sessions),
         client,
         config,
@@ -127,7 +132,13 @@ async fn provision(
 /// least-privilege worker identity may ask of the JetStream API here).
 async fn provisioned(js: &jetstream::Context) -> bool {
     let config = format!("KV_{CONFIG_BUCKET}");
-    for stream in [WORK_STREAM, INTAKE_STREAM, SESSIONS_STREAM, config.as_str()] {
+    for stream in [
+        WORK_STREAM,
+        INTAKE_STREAM,
+        SESSIONS_STREAM,
+        TRANSCRIPTS_STREAM,
+        config.as_str(),
+    ] {
         if js.get_stream(stream).await.is_err() {
             return false;
         }
@@ -169,6 +180,8 @@ struct State {
     /// The fleet cost mode, advertised in every heartbeat.
     fleet_mode: tokio::sync::watch::Receiver<crate::cost::FleetCost>,
     reporter: Reporter,
+    /// Shares finished sessions' transcripts; fetches continued ones.
+    transcripts: TranscriptStore,
     executor: Executor,
     /// Attempts whose Finished report is not stored yet, with their stop switch.
     running: HashMap<AttemptRef, watch::Sender<Option<StopCause>>>,
@@ -250,9 +263,20 @@ impl State {
         self.running.insert(key, stop_tx);
         let executor = self.executor.clone();
         let reporter = self.reporter.clone();
+        let transcripts = self.transcripts.clone();
+        let state_dir = self.config.state_dir.clone();
+        let runs_agents = self.config.executor != crate::executor::ExecutorKind::Noop;
         let done = self.done_tx.clone();
         self.tracker.spawn(async move {
-            let ending = match executor.begin(&order, &mut stop_rx).await {
+            let prepared = match runs_agents {
+                true => transcripts.prepare_continuation(&state_dir, &order).await,
+                false => Ok(()),
+            };
+            let begun = match prepared {
+                Ok(()) => executor.begin(&order, &mut stop_rx).await,
+                Err(refusal) => Err(Ending::without_run(Outcome::Rejected, refusal)),
+            };
+            let ending = match begun {
                 Err(ending) => {
                     ack(&msg, true).await;
                     ending
@@ -269,7 +293,11 @@ impl State {
                     executor.finish(begun, &mut stop_rx).await
                 }
             };
-            finish(&reporter, key, ending).await;
+            let transcript = match ending.session.is_some() && runs_agents {
+                true => transcripts.share_attempt(&state_dir, &order).await,
+                false => None,
+            };
+            finish(&reporter, key, ending, transcript).await;
             let _ = done.send(key);
         });
     }
@@ -340,7 +368,12 @@ impl State {
     }
 }
 
-async fn finish(reporter: &Reporter, key: AttemptRef, ending: Ending) {
+async fn finish(
+    reporter: &Reporter,
+    key: AttemptRef,
+    ending: Ending,
+    transcript: Option<SharedTranscript>,
+) {
     let (events, dropped) = ending
         .session
         .as_ref()
@@ -353,6 +386,7 @@ async fn finish(reporter: &Reporter, key: AttemptRef, ending: Ending) {
         signal: ending.signal,
         reason: ending.reason,
         usage: ending.usage,
+        transcript,
     };
     reporter
         .publish(&reporter.report(key.task_id, key.attempt, body))

@@ -3,7 +3,7 @@
 //!
 //! | role      | publishes                                                         | subscribes                    |
 //! |-----------|-------------------------------------------------------------------|-------------------------------|
-//! | worker    | own presence, reports, session events, JS API of its own consumer, config reads | own inbox only |
+//! | worker    | own presence, reports, session events, JS API of its own consumer, config reads, transcript store (put, get) | own inbox only |
 //! | scheduler | task/worker state, orders, the JetStream API, intake acks         | presence, API, `$SRV`, inbox  |
 //! | operator  | submit, every API endpoint, `$SRV`, cost mode (KV put), stream reads | `colibri.>`, inbox          |
 //! | observer  | read endpoints only, `$SRV` discovery, stream reads               | task/worker state, sessions, inbox |
@@ -16,7 +16,7 @@ use super::Name;
 use crate::ids::WorkerId;
 use crate::provision::{
     worker_consumer_name, CONFIG_BUCKET, EVENTS_STREAM, INTAKE_STREAM, SCHEDULER_CONSUMER,
-    SESSIONS_STREAM, WORK_STREAM,
+    SESSIONS_STREAM, TRANSCRIPTS_BUCKET, TRANSCRIPTS_STREAM, WORK_STREAM,
 };
 use crate::subjects::{self, api};
 
@@ -109,7 +109,9 @@ impl Permissions {
     /// the filter in the subject against the request); config reads; its
     /// inbox. Reports name the worker in the subject, so a host can report
     /// only as itself; the scheduler checks the body against the subject and
-    /// the attempt (see the scheduler's claims module).
+    /// the attempt (see the scheduler's claims module). It shares and fetches
+    /// session transcripts in the transcript object store (chunks, meta and
+    /// reads; no purge, so it cannot wipe the bucket).
     pub fn worker(worker: &WorkerId) -> Permissions {
         let token = worker.token();
         let consumer = worker_consumer_name(worker);
@@ -128,8 +130,10 @@ impl Permissions {
             format!("$JS.API.CONSUMER.INFO.{WORK_STREAM}.{consumer}"),
             format!("$JS.API.CONSUMER.MSG.NEXT.{WORK_STREAM}.{consumer}"),
             format!("$JS.ACK.{WORK_STREAM}.{consumer}.>"),
+            format!("$O.{TRANSCRIPTS_BUCKET}.>"),
         ];
         publish.extend(stream_reads(&config));
+        publish.extend(stream_reads(TRANSCRIPTS_STREAM));
         Permissions {
             publish,
             subscribe: vec![format!("_INBOX.{token}.>")],
@@ -233,6 +237,7 @@ mod tests {
                 "$JS.API.CONSUMER.INFO.COLIBRI_WORK.worker-debby_dlan",
                 "$JS.API.CONSUMER.MSG.NEXT.COLIBRI_WORK.worker-debby_dlan",
                 "$JS.ACK.COLIBRI_WORK.worker-debby_dlan.>",
+                "$O.colibri-transcripts.>",
                 "$JS.API.STREAM.INFO.KV_colibri-config",
                 "$JS.API.STREAM.MSG.GET.KV_colibri-config",
                 "$JS.API.DIRECT.GET.KV_colibri-config",
@@ -242,6 +247,15 @@ mod tests {
                 "$JS.API.CONSUMER.INFO.KV_colibri-config.>",
                 "$JS.API.CONSUMER.DELETE.KV_colibri-config.>",
                 "$JS.API.CONSUMER.MSG.NEXT.KV_colibri-config.>",
+                "$JS.API.STREAM.INFO.OBJ_colibri-transcripts",
+                "$JS.API.STREAM.MSG.GET.OBJ_colibri-transcripts",
+                "$JS.API.DIRECT.GET.OBJ_colibri-transcripts",
+                "$JS.API.DIRECT.GET.OBJ_colibri-transcripts.>",
+                "$JS.API.CONSUMER.CREATE.OBJ_colibri-transcripts",
+                "$JS.API.CONSUMER.CREATE.OBJ_colibri-transcripts.>",
+                "$JS.API.CONSUMER.INFO.OBJ_colibri-transcripts.>",
+                "$JS.API.CONSUMER.DELETE.OBJ_colibri-transcripts.>",
+                "$JS.API.CONSUMER.MSG.NEXT.OBJ_colibri-transcripts.>",
             ]
         );
         assert_eq!(p.subscribe, ["_INBOX.debby_dlan.>"]);

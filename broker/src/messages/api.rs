@@ -160,6 +160,9 @@ pub struct AttemptRecord {
     /// force since), with the reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalation: Option<super::report::Escalated>,
+    /// Where the session's transcript was shared for continuing elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<super::report::SharedTranscript>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ pub mod work;
 pub use api::*;
 pub use event::{TaskEvent, TaskState, WorkerEvent, WorkerState};
 pub use presence::{AttemptRef, Heartbeat};
-pub use report::{Escalated, FailureClass, Outcome, Report, ReportBody, Usage};
+pub use report::{Escalated, FailureClass, Outcome, Report, ReportBody, SharedTranscript, Usage};
 pub use session::SessionEvent;
 pub use task::{NetworkPolicy, RetryPolicy, TaskLimits, TaskSpec, TaskSpecError};
 pub use work::{CancelOrder, RunOrder, WorkItem, WorkMessage};

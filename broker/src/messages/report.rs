@@ -58,6 +58,11 @@ pub enum ReportBody {
         reason: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         usage: Option<Usage>,
+        /// The session's transcript, shared through the transcript object
+        /// store so that another worker can continue the session; absent
+        /// when the attempt had no transcript or sharing it failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transcript: Option<SharedTranscript>,
     },
     /// Live session summary (pane state, current tool, spend so far), sent
     /// when it changes, at most a few times a second.
@@ -87,6 +92,19 @@ impl ReportBody {
             ReportBody::Progress { .. } => "progress",
         }
     }
+}
+
+/// A session's transcript in the object store `colibri-transcripts`: the
+/// object is named by the session id and holds the latest segment (the
+/// compacted one a continued session's prompt is built from).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedTranscript {
+    pub session: SessionId,
+    /// The segment index the object holds (0 for `<session>.jsonl`).
+    pub segment: u32,
+    pub bytes: u64,
+    /// The object store's digest (`SHA-256=<base64url>`), checked on fetch.
+    pub digest: String,
 }
 
 /// A session's cost mode went one step looser (see `Event::Escalation`).

@@ -82,6 +82,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE attempts ADD COLUMN escalation TEXT;
     "#,
+    // 4: where an attempt's transcript was shared (JSON), so its session
+    //    can continue on another worker while its own is away.
+    r#"
+    ALTER TABLE attempts ADD COLUMN transcript TEXT;
+    "#,
 ];
 
 /// Brings the schema to the newest version.

@@ -15,7 +15,7 @@ mod write;
 use std::path::Path;
 
 pub use read::BoardReader;
-pub use write::{ActiveRow, AttemptEnd, BoardTx, Progress};
+pub use write::{ActiveRow, AttemptEnd, BoardTx, Progress, SessionHome};
 
 use rusqlite::Connection;
 

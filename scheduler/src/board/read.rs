@@ -47,32 +47,42 @@ fn summary(row: &Row<'_>) -> rusqlite::Result<TaskSummary> {
 }
 
 fn attempt_record(row: &Row<'_>) -> rusqlite::Result<AttemptRecord> {
-    let worker: String = row.get(1)?;
-    let session: String = row.get(2)?;
-    let outcome: Option<String> = row.get(6)?;
-    let usage: Option<String> = row.get(12)?;
-    let escalation: Option<String> = row.get(13)?;
+    attempt_record_at(row, 0)
+}
+
+/// An [`AttemptRecord`] from [`ATTEMPT_COLUMNS`] starting at column `base`.
+fn attempt_record_at(row: &Row<'_>, base: usize) -> rusqlite::Result<AttemptRecord> {
+    let col = |i: usize| base + i;
+    let worker: String = row.get(col(1))?;
+    let session: String = row.get(col(2))?;
+    let outcome: Option<String> = row.get(col(6))?;
+    let json = |i: usize| row.get::<_, Option<String>>(col(i));
     Ok(AttemptRecord {
-        attempt: row.get(0)?,
+        attempt: row.get(col(0))?,
         worker: WorkerId::parse(&worker).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e))
+            rusqlite::Error::FromSqlConversionFailure(
+                col(1),
+                rusqlite::types::Type::Text,
+                Box::new(e),
+            )
         })?,
         session: session.parse().unwrap_or_default(),
-        assigned_at_ms: row.get(3)?,
-        started_at_ms: row.get(4)?,
-        ended_at_ms: row.get(5)?,
+        assigned_at_ms: row.get(col(3))?,
+        started_at_ms: row.get(col(4))?,
+        ended_at_ms: row.get(col(5))?,
         outcome: outcome.and_then(|o| serde_json::from_str::<Outcome>(&format!("\"{o}\"")).ok()),
-        exit_code: row.get(7)?,
-        reason: row.get(8)?,
-        pane: row.get(9)?,
-        last_event_ms: row.get(10)?,
-        current_tool: row.get(11)?,
-        usage: usage.and_then(|u| serde_json::from_str(&u).ok()),
-        escalation: escalation.and_then(|e| serde_json::from_str(&e).ok()),
+        exit_code: row.get(col(7))?,
+        reason: row.get(col(8))?,
+        pane: row.get(col(9))?,
+        last_event_ms: row.get(col(10))?,
+        current_tool: row.get(col(11))?,
+        usage: json(12)?.and_then(|u| serde_json::from_str(&u).ok()),
+        escalation: json(13)?.and_then(|e| serde_json::from_str(&e).ok()),
+        transcript: json(14)?.and_then(|t| serde_json::from_str(&t).ok()),
     })
 }
 
-const ATTEMPT_COLUMNS: &str = "attempt, worker, session, assigned_at_ms, started_at_ms, ended_at_ms, outcome, exit_code, reason, pane, last_event_ms, current_tool, usage, escalation";
+const ATTEMPT_COLUMNS: &str = "attempt, worker, session, assigned_at_ms, started_at_ms, ended_at_ms, outcome, exit_code, reason, pane, last_event_ms, current_tool, usage, escalation, transcript";
 
 impl BoardReader {
     /// Opens a read-only connection to an existing board.
@@ -195,32 +205,7 @@ impl BoardReader {
             let id: String = r.get(0)?;
             let title: String = r.get(1)?;
             // attempt columns start at index 2
-            let record = AttemptRecord {
-                attempt: r.get(2)?,
-                worker: WorkerId::parse(&r.get::<_, String>(3)?).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        3,
-                        rusqlite::types::Type::Text,
-                        Box::new(e),
-                    )
-                })?,
-                session: r.get::<_, String>(4)?.parse().unwrap_or_default(),
-                assigned_at_ms: r.get(5)?,
-                started_at_ms: r.get(6)?,
-                ended_at_ms: r.get(7)?,
-                outcome: None,
-                exit_code: r.get(9)?,
-                reason: r.get(10)?,
-                pane: r.get(11)?,
-                last_event_ms: r.get(12)?,
-                current_tool: r.get(13)?,
-                usage: r
-                    .get::<_, Option<String>>(14)?
-                    .and_then(|u| serde_json::from_str(&u).ok()),
-                escalation: r
-                    .get::<_, Option<String>>(15)?
-                    .and_then(|e| serde_json::from_str(&e).ok()),
-            };
+            let record = attempt_record_at(r, 2)?;
             Ok(RunningAttempt {
                 task_id: id.parse().unwrap_or_default(),
                 title,

@@ -1,7 +1,7 @@
 //! Writes to the board, inside one transaction per batch of work.
 
 use broker::messages::event::ParkReason;
-use broker::messages::{Outcome, TaskSpec, TaskState, Usage};
+use broker::messages::{Outcome, SharedTranscript, TaskSpec, TaskState, Usage};
 use broker::{SessionId, TaskId, WorkerId};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -22,8 +22,16 @@ pub struct ActiveRow {
     /// Attempts that reached a worker and ran or ended (counted against
     /// the retry policy); unstarted assignments moved elsewhere do not count.
     pub tries: u32,
-    /// A continued session's worker (the one holding its transcript).
-    pub home: Option<WorkerId>,
+    /// Where a continued session's transcript is.
+    pub home: Option<SessionHome>,
+}
+
+/// The worker that ran a session (and holds its transcript), and whether
+/// the transcript is shared in the transcript store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionHome {
+    pub worker: WorkerId,
+    pub shared: bool,
 }
 
 /// How an attempt ended, as its worker reported it.
@@ -335,14 +343,31 @@ impl<'a> BoardTx<'a> {
         self.set_state(task, TaskState::Queued, attempt, Some(reason), now)
     }
 
-    /// The worker that ran `session` (and holds its transcript), if any.
-    pub fn session_home(&self, session: &SessionId) -> Result<Option<WorkerId>, BoardError> {
-        let worker: Option<String> = self
+    /// Where `session`'s transcript is, if the session exists.
+    pub fn session_home(&self, session: &SessionId) -> Result<Option<SessionHome>, BoardError> {
+        session_home(&self.tx, session)
+    }
+
+    /// Records that the attempt's transcript was shared; false (nothing
+    /// recorded) when `shared` names another session than the attempt's.
+    pub fn transcript_shared(
+        &self,
+        task: &TaskId,
+        attempt: u32,
+        shared: &SharedTranscript,
+    ) -> Result<bool, BoardError> {
+        let n = self
             .tx
-            .prepare_cached("SELECT worker FROM attempts WHERE session = ?1 LIMIT 1")?
-            .query_row([session.to_string()], |r| r.get(0))
-            .optional()?;
-        Ok(worker.and_then(|w| WorkerId::parse(&w).ok()))
+            .prepare_cached(
+                "UPDATE attempts SET transcript = ?4 WHERE task_id = ?1 AND attempt = ?2 AND session = ?3",
+            )?
+            .execute(params![
+                task.to_string(),
+                attempt,
+                shared.session.to_string(),
+                json(shared)
+            ])?;
+        Ok(n == 1)
     }
 
     /// Pins a continued session's task to the worker holding its transcript.
@@ -423,7 +448,6 @@ pub(super) fn load_active(conn: &Connection) -> Result<Vec<ActiveRow>, BoardErro
             .transpose()
             .map_err(|e| corrupt(e.to_string()))?;
         out.push(ActiveRow {
-            spec,
             state,
             attempt,
             worker,
@@ -433,8 +457,26 @@ pub(super) fn load_active(conn: &Connection) -> Result<Vec<ActiveRow>, BoardErro
             not_before_ms,
             dispatched,
             tries,
-            home: home.and_then(|w| WorkerId::parse(&w).ok()),
+            home: match (home, &spec.continue_session) {
+                (Some(_), Some(session)) => session_home(conn, session)?,
+                _ => None,
+            },
+            spec,
         });
     }
     Ok(out)
+}
+
+fn session_home(conn: &Connection, session: &SessionId) -> Result<Option<SessionHome>, BoardError> {
+    let row: Option<(String, bool)> = conn
+        .prepare_cached(
+            "SELECT worker, transcript IS NOT NULL FROM attempts WHERE session = ?1 LIMIT 1",
+        )?
+        .query_row([session.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(row.and_then(|(w, shared)| {
+        WorkerId::parse(&w)
+            .ok()
+            .map(|worker| SessionHome { worker, shared })
+    }))
 }

@@ -88,6 +88,12 @@ pub async fn run(api_client: &ApiClient, args: ShowArgs) -> Result<(), CliError>
         &rows,
     );
     for a in &d.attempts {
+        if let Some(t) = &a.transcript {
+            println!(
+                "attempt {} transcript shared: segment {}, {} bytes, {}",
+                a.attempt, t.segment, t.bytes, t.digest
+            );
+        }
         if let Some(e) = &a.escalation {
             println!(
                 "attempt {} escalated {} -> {} at {}: {}",

@@ -15,15 +15,15 @@ use broker::messages::api::{ApiError, ApiErrorKind, WorkerStatus};
 use broker::messages::event::ParkReason;
 use broker::messages::work::{CancelOrder, RunOrder, WorkItem, WorkMessage};
 use broker::messages::{
-    encode, Heartbeat, Outcome, Report, ReportBody, TaskEvent, TaskSpec, TaskSpecError, TaskState,
-    WorkerEvent, WorkerState,
+    encode, Heartbeat, Outcome, Report, ReportBody, SharedTranscript, TaskEvent, TaskSpec,
+    TaskSpecError, TaskState, WorkerEvent, WorkerState,
 };
 use broker::{subjects, SessionId, TaskId, WorkerId};
 use bytes::Bytes;
 
 use crate::board::{AttemptEnd, BoardError, BoardTx};
 use crate::fleet::{Fleet, PresenceChange};
-use crate::placement::{place, WorkerView};
+use crate::placement::{place, Home, WorkerView};
 
 use super::state::{Active, Tasks};
 
@@ -153,7 +153,11 @@ impl Core {
         // A continued session runs where its transcript is; never from nothing.
         let home = match &spec.continue_session {
             Some(session) => match tx.session_home(session)? {
-                Some(worker) => Some(worker),
+                Some(h) => Some(Home {
+                    session: *session,
+                    worker: h.worker,
+                    shared: h.shared,
+                }),
                 None if tx.task_state(&id)?.is_some() => None,
                 None => {
                     return Err(SubmitError::Invalid(TaskSpecError::Invalid {
@@ -174,14 +178,42 @@ impl Core {
         }
         tracing::info!(task_id = %id, title = %spec.title, capabilities = %spec.capabilities, "task queued");
         let mut active = Active::new(spec);
-        if let Some(worker) = home {
-            tx.set_home(&id, &worker)?;
-            active.needs.home = Some(worker);
+        if let Some(home) = home {
+            tx.set_home(&id, &home.worker)?;
+            active.needs.home = Some(home);
         }
         self.emit(&id, Some(&active), TaskState::Queued, None, now_ms);
         self.tasks.insert(active);
         // A new task is fresh: the next pass judges it.
         Ok((true, TaskState::Queued))
+    }
+
+    /// Records a shared transcript; the tasks continuing its session that
+    /// wait for it are judged again (they may now run elsewhere).
+    fn transcript_shared(
+        &mut self,
+        tx: &BoardTx<'_>,
+        task: &TaskId,
+        attempt: u32,
+        shared: &SharedTranscript,
+    ) -> Result<(), BoardError> {
+        if !tx.transcript_shared(task, attempt, shared)? {
+            self.count("transcripts_not_recorded");
+            tracing::warn!(task_id = %task, attempt, session = %shared.session,
+                "a shared transcript names another session than its attempt's; ignored");
+            return Ok(());
+        }
+        tracing::debug!(task_id = %task, attempt, session = %shared.session, bytes = shared.bytes,
+            "transcript shared");
+        for waiting in self.tasks.continuing(&shared.session) {
+            self.tasks.update(&waiting, |a| {
+                if let Some(h) = a.needs.home.as_mut() {
+                    h.shared = true;
+                }
+                a.parked = None;
+            });
+        }
+        Ok(())
     }
 
     /// Stores a submission that broke a rule as `failed`, so the submitter
@@ -330,9 +362,13 @@ impl Core {
                 outcome,
                 exit_code,
                 reason,
+                transcript,
                 ..
             } = &report.body
             {
+                if let Some(shared) = transcript {
+                    self.transcript_shared(tx, &id, report.attempt, shared)?;
+                }
                 let end = AttemptEnd {
                     outcome: *outcome,
                     exit_code: *exit_code,
@@ -405,7 +441,11 @@ impl Core {
                 signal,
                 reason,
                 usage,
+                transcript,
             } => {
+                if let Some(shared) = &transcript {
+                    self.transcript_shared(tx, &id, a.attempt, shared)?;
+                }
                 let reason = reason.or_else(|| signal.map(|s| format!("killed by signal {s}")));
                 let end = AttemptEnd {
                     outcome,
@@ -684,7 +724,7 @@ impl Core {
         if a.not_before_ms.is_some_and(|t| t > now_ms) {
             return Ok(());
         }
-        match place(&a.needs, views.iter()) {
+        match place(&a.needs, views) {
             Ok(worker) => {
                 if let Some(v) = views.iter_mut().find(|v| v.id == worker) {
                     v.used += 1;

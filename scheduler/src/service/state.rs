@@ -10,7 +10,7 @@ use broker::messages::{TaskSpec, TaskState};
 use broker::{SessionId, TaskId, WorkerId};
 
 use crate::board::ActiveRow;
-use crate::placement::TaskNeeds;
+use crate::placement::{Home, TaskNeeds};
 
 /// A task that is queued, assigned or running.
 #[derive(Debug, Clone)]
@@ -58,7 +58,14 @@ impl Active {
 
     pub fn from_row(row: ActiveRow) -> Active {
         let mut a = Active::new(row.spec);
-        a.needs.home = row.home;
+        a.needs.home = match (row.home, a.spec.continue_session) {
+            (Some(h), Some(session)) => Some(Home {
+                session,
+                worker: h.worker,
+                shared: h.shared,
+            }),
+            _ => None,
+        };
         a.state = row.state;
         a.attempt = row.attempt;
         a.worker = row.worker;
@@ -85,6 +92,9 @@ pub struct Tasks {
     fresh: BTreeSet<TaskId>,
     /// Assigned and running tasks per worker: its used slots.
     by_worker: HashMap<WorkerId, HashSet<TaskId>>,
+    /// Queued tasks continuing a session whose transcript is not shared
+    /// yet, by that session: a share may let them run elsewhere.
+    continuing: HashMap<SessionId, HashSet<TaskId>>,
 }
 
 impl Tasks {
@@ -98,6 +108,9 @@ impl Tasks {
         match task.state {
             TaskState::Queued => {
                 self.queue.insert(*id);
+                if let Some(h) = task.needs.home.as_ref().filter(|h| !h.shared) {
+                    self.continuing.entry(h.session).or_default().insert(*id);
+                }
                 match &task.parked {
                     None => {
                         self.fresh.insert(*id);
@@ -127,6 +140,14 @@ impl Tasks {
             self.queue.remove(id);
             self.waiting.remove(id);
             self.fresh.remove(id);
+            if let Some(h) = &task.needs.home {
+                if let Some(set) = self.continuing.get_mut(&h.session) {
+                    set.remove(id);
+                    if set.is_empty() {
+                        self.continuing.remove(&h.session);
+                    }
+                }
+            }
             if let Some(w) = &task.worker {
                 if let Some(set) = self.by_worker.get_mut(w) {
                     set.remove(id);
@@ -180,6 +201,14 @@ impl Tasks {
 
     pub fn has_fresh(&self) -> bool {
         !self.fresh.is_empty()
+    }
+
+    /// Queued tasks waiting for `session`'s transcript to be shared.
+    pub fn continuing(&self, session: &SessionId) -> Vec<TaskId> {
+        self.continuing
+            .get(session)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     pub fn on_worker(&self, worker: &WorkerId) -> Vec<TaskId> {
