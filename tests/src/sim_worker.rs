@@ -9,7 +9,9 @@ use anyhow::{bail, Context};
 use async_nats::jetstream::{self, message::PublishMessage};
 use broker::messages::presence::HEARTBEAT_INTERVAL_MS;
 use broker::messages::work::{RunOrder, WorkItem, WorkMessage};
-use broker::messages::{decode, encode, AttemptRef, Heartbeat, Outcome, Report, ReportBody};
+use broker::messages::{
+    decode, encode, AttemptRef, Heartbeat, Outcome, Report, ReportBody, SharedTranscript,
+};
 use broker::{provision, subjects, TagSet, WorkerId};
 use futures::StreamExt;
 use tokio::task::JoinHandle;
@@ -192,6 +194,16 @@ impl SimWorker {
     }
 
     pub async fn finished(&self, run: &RunOrder, outcome: Outcome) -> anyhow::Result<()> {
+        self.finished_sharing(run, outcome, None).await
+    }
+
+    /// Reports `run` finished, its transcript shared as `transcript` says.
+    pub async fn finished_sharing(
+        &self,
+        run: &RunOrder,
+        outcome: Outcome,
+        transcript: Option<SharedTranscript>,
+    ) -> anyhow::Result<()> {
         self.running
             .lock()
             .unwrap()
@@ -204,7 +216,7 @@ impl SimWorker {
                 signal: None,
                 reason: None,
                 usage: None,
-                transcript: None,
+                transcript,
             },
         )
         .await

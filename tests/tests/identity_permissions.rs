@@ -88,6 +88,48 @@ async fn worker_identity_may_do_only_its_own_job() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn worker_identities_share_and_fetch_transcripts_but_cannot_purge() -> anyhow::Result<()> {
+    let ids = Identities::create(&[("debby", "linux"), ("domedog", "linux")])?;
+    let nats = server(&ids)?;
+    let hub = ids.connect("hub", &nats.url()).await?;
+    let hub_js = jetstream::new(hub.client.clone());
+    let limits = broker::provision::ProvisionConfig::default();
+    let provisioning = broker::provision::provision_all(&hub_js, &limits);
+    within(Duration::from_secs(20), "provisioning", provisioning).await??;
+
+    let session = broker::SessionId::new();
+    let debby_state = tempfile::tempdir()?;
+    let path = costmode::segment::path(debby_state.path(), &session, 0);
+    std::fs::create_dir_all(path.parent().context("sessions dir")?)?;
+    let transcript = b"{\"seq\":1}\n".repeat(20_000);
+    std::fs::write(&path, &transcript)?;
+    let mut debby = ids.connect("debby", &nats.url()).await?;
+    let store = worker::transcripts::TranscriptStore::new(jetstream::new(debby.client.clone()));
+    let shared = store
+        .share(debby_state.path(), &session)
+        .await?
+        .context("nothing shared")?;
+    assert_eq!(shared.bytes, transcript.len() as u64);
+
+    let mut domedog = ids.connect("domedog", &nats.url()).await?;
+    let domedog_state = tempfile::tempdir()?;
+    let store = worker::transcripts::TranscriptStore::new(jetstream::new(domedog.client.clone()));
+    assert!(store.ensure_local(domedog_state.path(), &session).await?);
+    let fetched = std::fs::read(costmode::segment::path(domedog_state.path(), &session, 0))?;
+    assert_eq!(fetched, transcript);
+    debby.no_errors().await?;
+    domedog.no_errors().await?;
+    // Neither may wipe the store.
+    debby
+        .denied_publish("$JS.API.STREAM.PURGE.OBJ_colibri-transcripts")
+        .await?;
+    debby
+        .denied_publish("$JS.API.STREAM.DELETE.OBJ_colibri-transcripts")
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn observer_reads_but_cannot_command_and_operator_can() -> anyhow::Result<()> {
     let ids = Identities::create(&[("debby", "linux")])?;
     let nats = server(&ids)?;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use broker::messages::event::ParkReason;
-use broker::messages::{Outcome, TaskSpec, TaskState};
+use broker::messages::{Outcome, SharedTranscript, TaskSpec, TaskState};
 use broker::TagSet;
 use harness::{BoardClient, NatsServer, SchedulerHandle, SimWorker};
 
@@ -239,7 +239,9 @@ async fn a_continued_session_runs_where_its_transcript_is_or_waits_for_it() -> a
     let mut next = task("continue it", &["linux"]);
     next.continue_session = Some(run.session);
     env.board.create(&next).await?;
-    assert_eq!(home.next_run(T).await?.task.id, next.id);
+    let next_run = home.next_run(T).await?;
+    assert_eq!(next_run.task.id, next.id);
+    home.started(&next_run).await?;
     assert!(plain.no_order_within(Duration::from_millis(200)).await);
 
     // With `home` gone, a continuation waits for it, with the reason.
@@ -254,6 +256,35 @@ async fn a_continued_session_runs_where_its_transcript_is_or_waits_for_it() -> a
         })
         .await?;
     assert_eq!(d.summary.state, TaskState::Queued);
+    // So does one continuing the session `home` was running when it went.
+    let mut waits = task("waits for the share", &["linux"]);
+    waits.continue_session = Some(next_run.session);
+    env.board.create(&waits).await?;
+    env.board
+        .wait_for(&waits.id, "parked for home", Duration::from_secs(30), |d| {
+            matches!(d.summary.parked, Some(ParkReason::Home { .. }))
+        })
+        .await?;
+    assert!(plain.no_order_within(Duration::from_millis(200)).await);
+
+    // The lost worker's last report shares that session's transcript: the
+    // waiting continuation moves to `plain`, and so does a new one.
+    let shared = SharedTranscript {
+        session: next_run.session,
+        segment: 0,
+        bytes: 42,
+        digest: "SHA-256=test".into(),
+    };
+    home.finished_sharing(&next_run, Outcome::Succeeded, Some(shared.clone()))
+        .await?;
+    assert_eq!(plain.next_run(T).await?.task.id, waits.id);
+    let mut elsewhere = task("continue the shared one", &["linux"]);
+    elsewhere.continue_session = Some(next_run.session);
+    env.board.create(&elsewhere).await?;
+    assert_eq!(plain.next_run(T).await?.task.id, elsewhere.id);
+    let d = env.board.show(&next.id).await?;
+    assert_eq!(d.attempts[0].transcript, Some(shared));
+    // The unshared session still waits for `home`.
     assert!(plain.no_order_within(Duration::from_millis(200)).await);
 
     // An unknown session is refused, never started from nothing.

@@ -149,3 +149,55 @@ fn usage_before_sums_the_earlier_attempts() {
     assert_eq!(tx.usage_before(&s.id, 3).unwrap(), used(120, Some(0.5)));
     tx.commit().unwrap();
 }
+
+#[test]
+fn a_shared_transcript_is_recorded_for_its_own_session_only_and_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("board.db");
+    let mut board = Board::open(&path).unwrap();
+    let w = WorkerId::parse("home").unwrap();
+    let first = spec("first");
+    let session = SessionId::new();
+    let tx = board.transaction().unwrap();
+    tx.insert_task(&first, TaskState::Queued, None, 1).unwrap();
+    tx.assign(&first.id, 1, &w, &session, 2).unwrap();
+    let mut next = spec("next");
+    next.continue_session = Some(session);
+    tx.insert_task(&next, TaskState::Queued, None, 3).unwrap();
+    tx.set_home(&next.id, &w).unwrap();
+    let unshared = super::SessionHome {
+        worker: w.clone(),
+        shared: false,
+    };
+    assert_eq!(tx.session_home(&session).unwrap(), Some(unshared));
+    let shared = broker::messages::SharedTranscript {
+        session,
+        segment: 2,
+        bytes: 7,
+        digest: "SHA-256=x".into(),
+    };
+    let other = broker::messages::SharedTranscript {
+        session: SessionId::new(),
+        ..shared.clone()
+    };
+    assert!(!tx.transcript_shared(&first.id, 1, &other).unwrap());
+    assert!(!tx.session_home(&session).unwrap().unwrap().shared);
+    assert!(tx.transcript_shared(&first.id, 1, &shared).unwrap());
+    tx.commit().unwrap();
+    drop(board);
+
+    // After a restart the waiting continuation knows the share.
+    let board = Board::open(&path).unwrap();
+    let active = board.load_active().unwrap();
+    let row = active.iter().find(|r| r.spec.id == next.id).unwrap();
+    assert_eq!(
+        row.home,
+        Some(super::SessionHome {
+            worker: w,
+            shared: true
+        })
+    );
+    let reader = BoardReader::open(&path).unwrap();
+    let detail = reader.detail(&first.id).unwrap().unwrap();
+    assert_eq!(detail.attempts[0].transcript, Some(shared));
+}
