@@ -37,6 +37,9 @@ pub struct ModeLimits {
     pub tool_result_keep_bytes: u64,
     /// Budget for a continued session's prompt, in estimated tokens.
     pub prompt_budget_tokens: u64,
+    /// Context an agent with its own compaction (Codex) may carry before
+    /// that compaction must fire, in tokens.
+    pub agent_context_tokens: u64,
     /// Per-task spend ceiling in tokens (input + output).
     pub max_task_tokens: u64,
     /// Per-task spend ceiling in USD where the agent reports cost.
@@ -56,6 +59,7 @@ impl CostMode {
                 compact_tool_results: true,
                 tool_result_keep_bytes: 4_096,
                 prompt_budget_tokens: 8_000,
+                agent_context_tokens: 64_000,
                 max_task_tokens: 200_000,
                 max_task_cost_usd: 1.0,
             },
@@ -66,6 +70,7 @@ impl CostMode {
                 compact_tool_results: true,
                 tool_result_keep_bytes: 16_384,
                 prompt_budget_tokens: 32_000,
+                agent_context_tokens: 160_000,
                 max_task_tokens: 1_000_000,
                 max_task_cost_usd: 5.0,
             },
@@ -76,6 +81,7 @@ impl CostMode {
                 compact_tool_results: false,
                 tool_result_keep_bytes: 65_536,
                 prompt_budget_tokens: 128_000,
+                agent_context_tokens: 400_000,
                 max_task_tokens: 5_000_000,
                 max_task_cost_usd: 25.0,
             },

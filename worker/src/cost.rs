@@ -271,10 +271,8 @@ pub enum ContinueError {
 /// For a task continuing an earlier session (`--session ID`) with an agent
 /// that takes a prompt: the task with its prompt built from that session's
 /// transcript within the order's mode's budget. `None` for other tasks.
-/// The built prompt replaces the `{prompt}` of the agent's argv (for `pi`,
-/// its prompt argument); the agents' own resume controls (Claude's
-/// `--resume`, Codex's `exec resume`) are not used, since they would resume
-/// a context Colibri's budget does not bound.
+/// The built prompt replaces the `{prompt}` of the agent's argv; the
+/// agents' own resume controls are not used (see `agent_controls`).
 pub fn continued_task(
     order: &RunOrder,
     state_dir: &Path,

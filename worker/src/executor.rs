@@ -114,18 +114,31 @@ impl Executor {
         let continued = crate::cost::continued_task(order, &cfg.state_dir)
             .map_err(|e| Ending::without_run(Outcome::Rejected, e.to_string()))?;
         let task = continued.as_ref().unwrap_or(&order.task);
+        let agent = task.agent.as_str();
+        let controls = cfg
+            .agents
+            .program(agent)
+            .map(|program| {
+                crate::agent_controls::for_agent(program, agent, order.cost_mode, &order.spent)
+            })
+            .unwrap_or_default();
         let invocation = cfg
             .agents
-            .invocation(task, &order.session)
+            .invocation_with(task, &order.session, &controls.args)
             .map_err(|refusal| Ending::without_run(Outcome::Rejected, refusal.0))?;
         let spawn_failed = |what: &str, e: &dyn std::fmt::Display| {
             Ending::without_run(Outcome::SpawnFailed, format!("{what}: {e}"))
         };
         let dir = workdir::create(&cfg.work_root(), &task.id, order.attempt)
             .map_err(|e| spawn_failed("creating the work dir", &e))?;
+        let written = controls
+            .write_files(&dir)
+            .map_err(|e| spawn_failed("writing the agent's mode settings", &e))?;
         if cfg.confinement == Confinement::Jail {
-            workdir::give_to(&dir, &cfg.agent_user)
-                .map_err(|e| spawn_failed("handing the work dir to agent_user", &e))?;
+            for path in std::iter::once(&dir).chain(&written) {
+                workdir::give_to(path, &cfg.agent_user)
+                    .map_err(|e| spawn_failed("handing the work dir to agent_user", &e))?;
+            }
         }
         let marker = uuid::Uuid::new_v4().simple().to_string();
         let mut env: Vec<(String, String)> = vec![

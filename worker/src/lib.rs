@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod agent_controls;
 pub mod config;
 pub mod confine;
 pub mod cost;

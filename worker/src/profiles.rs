@@ -245,6 +245,26 @@ impl Profiles {
 
     /// What to run for `task`, or why this worker refuses it.
     pub fn invocation(&self, task: &TaskSpec, session: &SessionId) -> Result<Invocation, Refusal> {
+        self.invocation_with(task, session, &[])
+    }
+
+    /// The program a profile runs (its argv's first word), if enabled.
+    pub fn program(&self, agent: &str) -> Option<&str> {
+        self.profiles
+            .get(agent)
+            .and_then(|p| p.argv.first())
+            .map(String::as_str)
+    }
+
+    /// [`Profiles::invocation`] with `controls` (the agent's own cost
+    /// controls, set from the mode) after the provider and model arguments,
+    /// before the prompt.
+    pub fn invocation_with(
+        &self,
+        task: &TaskSpec,
+        session: &SessionId,
+        controls: &[String],
+    ) -> Result<Invocation, Refusal> {
         let agent = task.agent.as_str();
         if agent == COMMAND_AGENT {
             if !self.allow_command {
@@ -307,6 +327,7 @@ impl Profiles {
                 }
             }
         }
+        extra.extend(controls.iter().cloned());
         let at = profile
             .argv
             .iter()
