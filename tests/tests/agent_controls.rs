@@ -112,6 +112,7 @@ async fn agents_get_their_own_limits_from_the_mode() -> anyhow::Result<()> {
             session: SessionId::new(),
             cost_mode: mode,
             spent: spent.clone(),
+            continue_from: None,
         };
         fleet.order(&w.id, WorkItem::Run(Box::new(order))).await?;
         let (outcome, _, reason) = fleet.finished(&t).await?;

@@ -95,6 +95,7 @@ async fn run(
         session,
         cost_mode: mode,
         spent: Default::default(),
+        continue_from: None,
     };
     fleet.order(&w.id, WorkItem::Run(Box::new(order))).await?;
     Ok(session)
@@ -146,6 +147,7 @@ async fn set_cost_mode_mid_session_changes_the_next_append() -> anyhow::Result<(
         session,
         cost_mode: CostMode::Max,
         spent: Default::default(),
+        continue_from: None,
     };
     fleet.order(&w.id, WorkItem::Run(Box::new(order))).await?;
 

@@ -67,6 +67,7 @@ async fn run_with_session(
         session,
         cost_mode: Default::default(),
         spent: Default::default(),
+        continue_from: None,
     };
     fleet.order(worker, WorkItem::Run(Box::new(order))).await?;
     Ok(session)
@@ -127,6 +128,7 @@ async fn pi_session_is_published_in_order_and_matches_the_transcript() -> anyhow
         session,
         cost_mode: Default::default(),
         spent: Default::default(),
+        continue_from: None,
     };
     fleet.order(&w.id, WorkItem::Run(Box::new(order))).await?;
 
@@ -241,6 +243,7 @@ async fn a_flood_never_blocks_the_agent_and_memory_stays_bounded() -> anyhow::Re
         session,
         cost_mode: Default::default(),
         spent: Default::default(),
+        continue_from: None,
     };
     fleet.order(&w.id, WorkItem::Run(Box::new(order))).await?;
     // A debug build pumps far slower than a release one: allow for it.

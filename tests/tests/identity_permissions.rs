@@ -114,7 +114,11 @@ async fn worker_identities_share_and_fetch_transcripts_but_cannot_purge() -> any
     let mut domedog = ids.connect("domedog", &nats.url()).await?;
     let domedog_state = tempfile::tempdir()?;
     let store = worker::transcripts::TranscriptStore::new(jetstream::new(domedog.client.clone()));
-    assert!(store.ensure_local(domedog_state.path(), &session).await?);
+    assert!(
+        store
+            .ensure_local(domedog_state.path(), &session, Some(&shared))
+            .await?
+    );
     let fetched = std::fs::read(costmode::segment::path(domedog_state.path(), &session, 0))?;
     assert_eq!(fetched, transcript);
     debby.no_errors().await?;

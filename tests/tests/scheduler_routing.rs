@@ -277,7 +277,13 @@ async fn a_continued_session_runs_where_its_transcript_is_or_waits_for_it() -> a
     };
     home.finished_sharing(&next_run, Outcome::Succeeded, Some(shared.clone()))
         .await?;
-    assert_eq!(plain.next_run(T).await?.task.id, waits.id);
+    let moved = plain.next_run(T).await?;
+    assert_eq!(moved.task.id, waits.id);
+    assert_eq!(
+        moved.continue_from.as_ref(),
+        Some(&shared),
+        "the order names the share"
+    );
     let mut elsewhere = task("continue the shared one", &["linux"]);
     elsewhere.continue_session = Some(next_run.session);
     env.board.create(&elsewhere).await?;

@@ -3,7 +3,8 @@
 //! transcript in the transcript object store when its attempt ends (and
 //! says so in the Finished report); a second worker, which never ran the
 //! session, fetches it byte for byte and builds the continued prompt from
-//! it; a session shared nowhere is refused, never started from nothing.
+//! it; a transcript replaced in the store is refused by its digest; a
+//! session shared nowhere is refused, never started from nothing.
 
 mod worker_support;
 
@@ -56,6 +57,17 @@ fn pi_task(prompt: &str, continues: Option<SessionId>) -> TaskSpec {
 }
 
 async fn run(fleet: &Fleet, w: &Worker, task: &TaskSpec) -> anyhow::Result<SessionId> {
+    run_from(fleet, w, task, None).await
+}
+
+/// Runs `task` on `w`, its order carrying `continue_from` as the scheduler
+/// would for a continued session whose transcript was shared.
+async fn run_from(
+    fleet: &Fleet,
+    w: &Worker,
+    task: &TaskSpec,
+    continue_from: Option<SharedTranscript>,
+) -> anyhow::Result<SessionId> {
     let session = SessionId::new();
     let order = RunOrder {
         task: task.clone(),
@@ -63,6 +75,7 @@ async fn run(fleet: &Fleet, w: &Worker, task: &TaskSpec) -> anyhow::Result<Sessi
         session,
         cost_mode: CostMode::Smart,
         spent: Default::default(),
+        continue_from,
     };
     fleet.order(&w.id, WorkItem::Run(Box::new(order))).await?;
     Ok(session)
@@ -117,7 +130,7 @@ async fn a_session_continues_on_another_worker_from_the_shared_transcript() -> a
         })
         .await?;
     let next = pi_task("now fix the parser", Some(session));
-    let next_session = run(&fleet, &other, &next).await?;
+    let next_session = run_from(&fleet, &other, &next, Some(share.clone())).await?;
     let next_share = shared(&mut fleet, &next).await?;
     let fetched = std::fs::read(segment::path(other.state.path(), &session, 0))?;
     assert_eq!(fetched, original, "fetched byte for byte");
@@ -125,7 +138,37 @@ async fn a_session_continues_on_another_worker_from_the_shared_transcript() -> a
     assert!(prompt.contains("now fix the parser"), "{prompt}");
     assert!(prompt.contains("looked at part 3"), "{prompt}");
     // The continuation is itself continuable elsewhere.
-    assert_eq!(next_share.map(|s| s.session), Some(next_session));
+    let next_share =
+        next_share.ok_or_else(|| anyhow::anyhow!("the continuation shared nothing"))?;
+    assert_eq!(next_share.session, next_session);
+
+    // A transcript replaced in the store (by another host) is refused: its
+    // digest is not the one its worker reported.
+    let store = fleet
+        .js
+        .get_object_store(broker::provision::TRANSCRIPTS_BUCKET)
+        .await?;
+    store
+        .put(
+            next_session.to_string().as_str(),
+            &mut &b"{\"forged\":true}\n"[..],
+        )
+        .await?;
+    let third = fleet
+        .worker("third", |cfg| {
+            cfg.agents.insert(recording_pi(prompts.path()))
+        })
+        .await?;
+    let forged = pi_task("continue the fix", Some(next_session));
+    run_from(&fleet, &third, &forged, Some(next_share)).await?;
+    let (outcome, _, reason) = fleet.finished(&forged).await?;
+    assert_eq!(outcome, Outcome::Rejected);
+    assert!(
+        reason.contains("refusing a replaced transcript"),
+        "{reason}"
+    );
+    assert!(!prompt_of(&forged).exists(), "the agent never started");
+    assert!(segment::latest_segment(third.state.path(), &next_session).is_none());
 
     // A session shared nowhere is refused, never started from nothing.
     let orphan = pi_task("continue what?", Some(SessionId::new()));

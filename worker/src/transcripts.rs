@@ -54,6 +54,15 @@ pub enum TranscriptError {
     Put { session: SessionId, message: String },
     #[error("session {session} is not in the transcript store: {message}")]
     NotShared { session: SessionId, message: String },
+    #[error(
+        "the transcript of session {session} in the store has digest {found}, \
+         not the {expected} its worker reported: refusing a replaced transcript"
+    )]
+    Replaced {
+        session: SessionId,
+        expected: String,
+        found: String,
+    },
     #[error("fetching the transcript of session {session}: {message}")]
     Get { session: SessionId, message: String },
     #[error("{what} took longer than {}s", TRANSFER_TIMEOUT.as_secs())]
@@ -136,16 +145,20 @@ impl TranscriptStore {
     /// Makes the transcript of `session` available under `state_dir`:
     /// `Ok(false)` when it already is, `Ok(true)` when fetched from the
     /// store (written to a temporary file, renamed into place once whole
-    /// and its digest checked).
+    /// and its digest checked). With `expected` (the share the session's
+    /// worker reported, as the run order carries it), an object whose
+    /// digest differs is refused.
     pub async fn ensure_local(
         &self,
         state_dir: &Path,
         session: &SessionId,
+        expected: Option<&SharedTranscript>,
     ) -> Result<bool, TranscriptError> {
         if segment::latest_segment(state_dir, session).is_some() {
             return Ok(false);
         }
-        tokio::time::timeout(TRANSFER_TIMEOUT, self.fetch(state_dir, session))
+        let fetch = self.fetch(state_dir, session, expected);
+        tokio::time::timeout(TRANSFER_TIMEOUT, fetch)
             .await
             .map_err(|_| TranscriptError::TimedOut {
                 what: "fetching the transcript",
@@ -153,7 +166,12 @@ impl TranscriptStore {
         Ok(true)
     }
 
-    async fn fetch(&self, state_dir: &Path, session: &SessionId) -> Result<(), TranscriptError> {
+    async fn fetch(
+        &self,
+        state_dir: &Path,
+        session: &SessionId,
+        expected: Option<&SharedTranscript>,
+    ) -> Result<(), TranscriptError> {
         let get = |message: String| TranscriptError::Get {
             session: *session,
             message,
@@ -170,12 +188,23 @@ impl TranscriptStore {
                 },
                 _ => get(e.to_string()),
             })?;
-        let index: u32 = object
-            .info()
-            .metadata
-            .get(SEGMENT_KEY)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let info = object.info();
+        let found = info.digest.clone().unwrap_or_default();
+        let index: u32 = match expected {
+            Some(e) if e.digest != found => {
+                return Err(TranscriptError::Replaced {
+                    session: *session,
+                    expected: e.digest.clone(),
+                    found,
+                })
+            }
+            Some(e) => e.segment,
+            None => info
+                .metadata
+                .get(SEGMENT_KEY)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        };
         let dest = segment::path(state_dir, session, index);
         let dir = dest.parent().unwrap_or(state_dir).to_path_buf();
         let write = |source| TranscriptError::Write {
@@ -224,7 +253,11 @@ impl TranscriptStore {
         if !continuable(order) {
             return Ok(());
         }
-        match self.ensure_local(state_dir, &previous).await {
+        let expected = order
+            .continue_from
+            .as_ref()
+            .filter(|s| s.session == previous);
+        match self.ensure_local(state_dir, &previous, expected).await {
             Ok(false) => Ok(()),
             Ok(true) => {
                 info!(task_id = %order.task.id, attempt = order.attempt, %previous,

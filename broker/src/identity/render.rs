@@ -102,6 +102,7 @@ mod tests {
             "$JS.API.CONSUMER.INFO.COLIBRI_WORK.worker-debby",
             "$JS.API.CONSUMER.MSG.NEXT.COLIBRI_WORK.worker-debby",
             "$JS.ACK.COLIBRI_WORK.worker-debby.>",
+            "$O.colibri-transcripts.>",
             "$JS.API.STREAM.INFO.KV_colibri-config",
             "$JS.API.STREAM.MSG.GET.KV_colibri-config",
             "$JS.API.DIRECT.GET.KV_colibri-config",
@@ -110,7 +111,16 @@ mod tests {
             "$JS.API.CONSUMER.CREATE.KV_colibri-config.>",
             "$JS.API.CONSUMER.INFO.KV_colibri-config.>",
             "$JS.API.CONSUMER.DELETE.KV_colibri-config.>",
-            "$JS.API.CONSUMER.MSG.NEXT.KV_colibri-config.>"
+            "$JS.API.CONSUMER.MSG.NEXT.KV_colibri-config.>",
+            "$JS.API.STREAM.INFO.OBJ_colibri-transcripts",
+            "$JS.API.STREAM.MSG.GET.OBJ_colibri-transcripts",
+            "$JS.API.DIRECT.GET.OBJ_colibri-transcripts",
+            "$JS.API.DIRECT.GET.OBJ_colibri-transcripts.>",
+            "$JS.API.CONSUMER.CREATE.OBJ_colibri-transcripts",
+            "$JS.API.CONSUMER.CREATE.OBJ_colibri-transcripts.>",
+            "$JS.API.CONSUMER.INFO.OBJ_colibri-transcripts.>",
+            "$JS.API.CONSUMER.DELETE.OBJ_colibri-transcripts.>",
+            "$JS.API.CONSUMER.MSG.NEXT.OBJ_colibri-transcripts.>"
           ]
         }
         subscribe: {

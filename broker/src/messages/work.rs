@@ -47,6 +47,11 @@ pub struct RunOrder {
     /// so this attempt starts from it.
     #[serde(default, skip_serializing_if = "Usage::is_zero")]
     pub spent: Usage,
+    /// For a task continuing a session whose transcript was shared: the
+    /// share its worker reported. A worker fetching the transcript refuses
+    /// an object whose digest differs (another host replaced it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continue_from: Option<super::report::SharedTranscript>,
 }
 
 /// Stop attempt `attempt` of `task_id` (cancel, or fencing of a stale attempt).

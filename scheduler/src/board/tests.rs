@@ -183,6 +183,27 @@ fn a_shared_transcript_is_recorded_for_its_own_session_only_and_reloaded() {
     assert!(!tx.transcript_shared(&first.id, 1, &other).unwrap());
     assert!(!tx.session_home(&session).unwrap().unwrap().shared);
     assert!(tx.transcript_shared(&first.id, 1, &shared).unwrap());
+    // A share counts from its attempt's end, for as long as the store keeps it.
+    let end = super::AttemptEnd {
+        outcome: Outcome::Succeeded,
+        exit_code: Some(0),
+        reason: None,
+        usage: None,
+    };
+    let month_ago = broker::time_ms::now_ms() - 30 * 24 * 3600 * 1000;
+    tx.attempt_ended(&first.id, 1, &end, month_ago).unwrap();
+    assert!(
+        !tx.session_home(&session).unwrap().unwrap().shared,
+        "expired"
+    );
+    assert_eq!(tx.session_transcript(&session).unwrap(), None);
+    let now = broker::time_ms::now_ms();
+    tx.attempt_ended(&first.id, 1, &end, now).unwrap();
+    assert!(tx.session_home(&session).unwrap().unwrap().shared);
+    assert_eq!(
+        tx.session_transcript(&session).unwrap(),
+        Some(shared.clone())
+    );
     tx.commit().unwrap();
     drop(board);
 

@@ -343,9 +343,28 @@ impl<'a> BoardTx<'a> {
         self.set_state(task, TaskState::Queued, attempt, Some(reason), now)
     }
 
-    /// Where `session`'s transcript is, if the session exists.
+    /// Where `session`'s transcript is, if the session exists (an expired
+    /// share counts as none).
     pub fn session_home(&self, session: &SessionId) -> Result<Option<SessionHome>, BoardError> {
         session_home(&self.tx, session)
+    }
+
+    /// The recorded share of `session`'s transcript, if any and not expired.
+    pub fn session_transcript(
+        &self,
+        session: &SessionId,
+    ) -> Result<Option<SharedTranscript>, BoardError> {
+        let text: Option<String> = self
+            .tx
+            .prepare_cached(
+                "SELECT transcript FROM attempts
+                 WHERE session = ?1 AND transcript IS NOT NULL AND ended_at_ms >= ?2 LIMIT 1",
+            )?
+            .query_row(params![session.to_string(), share_cutoff_ms()], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
     /// Records that the attempt's transcript was shared; false (nothing
@@ -467,12 +486,24 @@ pub(super) fn load_active(conn: &Connection) -> Result<Vec<ActiveRow>, BoardErro
     Ok(out)
 }
 
+/// Shares older than this (by their attempt's end) are treated as gone: the
+/// transcript store keeps an object `transcripts_max_age`, and a day's
+/// margin covers the gap between the put and the report.
+fn share_cutoff_ms() -> i64 {
+    let keep = broker::provision::ProvisionConfig::default().transcripts_max_age;
+    let margin = std::time::Duration::from_secs(24 * 3600);
+    broker::time_ms::now_ms() - keep.saturating_sub(margin).as_millis() as i64
+}
+
 fn session_home(conn: &Connection, session: &SessionId) -> Result<Option<SessionHome>, BoardError> {
     let row: Option<(String, bool)> = conn
         .prepare_cached(
-            "SELECT worker, transcript IS NOT NULL FROM attempts WHERE session = ?1 LIMIT 1",
+            "SELECT worker, transcript IS NOT NULL AND ended_at_ms >= ?2
+             FROM attempts WHERE session = ?1 LIMIT 1",
         )?
-        .query_row([session.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(params![session.to_string(), share_cutoff_ms()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .optional()?;
     Ok(row.and_then(|(w, shared)| {
         WorkerId::parse(&w)

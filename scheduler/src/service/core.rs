@@ -772,8 +772,8 @@ impl Core {
         tracing::info!(task_id = %id, attempt, worker = %worker, "task assigned");
         let a = self.tasks.get(id).cloned();
         self.emit(id, a.as_ref(), TaskState::Assigned, None, now_ms);
-        let spent = spent_before(tx, id, attempt)?;
-        self.send_run(worker, &spec, attempt, session, cost_mode, spent);
+        let context = run_context(tx, &spec, attempt)?;
+        self.send_run(worker, &spec, attempt, session, cost_mode, context);
         Ok(())
     }
 
@@ -784,14 +784,15 @@ impl Core {
         attempt: u32,
         session: SessionId,
         fleet_mode: CostMode,
-        spent: broker::messages::Usage,
+        context: RunContext,
     ) {
         let order = RunOrder {
             task: spec.clone(),
             attempt,
             session,
             cost_mode: spec.cost_mode.unwrap_or(fleet_mode),
-            spent,
+            spent: context.spent,
+            continue_from: context.continue_from,
         };
         let id = spec.id;
         self.order(
@@ -811,8 +812,8 @@ impl Core {
             .filter_map(|(_, a)| Some((a.worker.clone()?, a.spec.clone(), a.attempt, a.session?)))
             .collect();
         for (worker, spec, attempt, session) in pending {
-            let spent = spent_before(tx, &spec.id, attempt)?;
-            self.send_run(&worker, &spec, attempt, session, self.cost_mode, spent);
+            let context = run_context(tx, &spec, attempt)?;
+            self.send_run(&worker, &spec, attempt, session, self.cost_mode, context);
         }
         Ok(())
     }
@@ -928,15 +929,27 @@ fn exit_reason(exit_code: Option<i32>) -> String {
 /// Exponential backoff with jitter: base * 2^(tries-1), times 0.5..1.5, capped.
 /// What the task's attempts before `attempt` used (nothing for a first
 /// attempt, without asking the board).
-fn spent_before(
-    tx: &BoardTx<'_>,
-    id: &TaskId,
-    attempt: u32,
-) -> Result<broker::messages::Usage, BoardError> {
-    if attempt <= 1 {
-        return Ok(Default::default());
-    }
-    tx.usage_before(id, attempt)
+/// What a run order carries from the board besides the task.
+struct RunContext {
+    /// What the task's earlier attempts used (its spend ceiling is per task).
+    spent: broker::messages::Usage,
+    /// The share of the session a continued task continues, if shared.
+    continue_from: Option<SharedTranscript>,
+}
+
+fn run_context(tx: &BoardTx<'_>, spec: &TaskSpec, attempt: u32) -> Result<RunContext, BoardError> {
+    let spent = match attempt {
+        0 | 1 => Default::default(),
+        _ => tx.usage_before(&spec.id, attempt)?,
+    };
+    let continue_from = match &spec.continue_session {
+        Some(session) => tx.session_transcript(session)?,
+        None => None,
+    };
+    Ok(RunContext {
+        spent,
+        continue_from,
+    })
 }
 
 pub fn backoff_ms(base: u64, tries: u32) -> u64 {

@@ -193,6 +193,7 @@ impl Fleet {
             session: SessionId::new(),
             cost_mode: Default::default(),
             spent: Default::default(),
+            continue_from: None,
         };
         self.order(worker, WorkItem::Run(Box::new(order))).await
     }

@@ -169,6 +169,7 @@ async fn spawn_local(mut config: WorkerConfig, args: SpawnLocal) -> anyhow::Resu
         session: args.session_id,
         cost_mode: Default::default(),
         spent: Default::default(),
+        continue_from: None,
     };
     let executor = Executor::new(std::sync::Arc::new(config));
     let (stop_tx, mut stop) = tokio::sync::watch::channel(None);
