@@ -8,7 +8,7 @@
 //! colibri.worker.<worker>.state     scheduler -> anyone     COLIBRI_EVENTS (limits)
 //! colibri.work.<worker>             scheduler -> worker     COLIBRI_WORK (work queue)
 //! colibri.presence.<worker>         worker    -> scheduler  core NATS (heartbeats)
-//! colibri.session.<session>.<kind>  worker    -> anyone     COLIBRI_SESSIONS (limits)
+//! colibri.session.<session>.<worker>.<kind>  worker -> anyone  COLIBRI_SESSIONS (limits)
 //! colibri.api.<endpoint>            CLI       -> scheduler  core request/reply ($SRV service)
 //! ```
 //!
@@ -61,8 +61,19 @@ pub fn work(worker: &WorkerId) -> String {
 pub fn presence(worker: &WorkerId) -> String {
     format!("colibri.presence.{}", worker.token())
 }
-pub fn session(session: &SessionId, kind: &str) -> String {
-    format!("colibri.session.{session}.{kind}")
+/// The subject a worker publishes one kind of event of a session on:
+/// `colibri.session.<session>.<worker>.<kind>`. The worker is in the
+/// subject so that a host's permissions allow only its own sessions.
+pub fn session(session: &SessionId, worker: &WorkerId, kind: &str) -> String {
+    format!("colibri.session.{session}.{}.{kind}", worker.token())
+}
+/// One kind of event of a session, whichever worker runs it (to subscribe).
+pub fn session_kind(session: &SessionId, kind: &str) -> String {
+    format!("colibri.session.{session}.*.{kind}")
+}
+/// Every session subject `worker` may publish on.
+pub fn worker_sessions(worker: &WorkerId) -> String {
+    format!("colibri.session.*.{}.>", worker.token())
 }
 /// Every event subject of one session.
 pub fn session_any(session: &SessionId) -> String {

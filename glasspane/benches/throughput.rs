@@ -239,7 +239,8 @@ async fn raw_run(
     paced: bool,
 ) -> Result<Figures, BoxError> {
     let session = SessionId::new();
-    let subject = broker::subjects::session(&session, "raw");
+    let worker = WorkerId::parse("bench")?;
+    let subject = broker::subjects::session(&session, &worker, "raw");
     let t0 = Instant::now();
     let sub = subscriber(sub_client.clone(), subject.clone(), t0, lines).await?;
     let subject = async_nats::Subject::from(subject);

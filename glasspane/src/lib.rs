@@ -1,5 +1,5 @@
 //! Glasspane: every agent's output, normalised into one documented event
-//! schema, published live on `colibri.session.<session>.<kind>`, kept for
+//! schema, published live on `colibri.session.<session>.<worker>.<kind>`, kept for
 //! replay in `COLIBRI_SESSIONS`, and written to a durable transcript.
 //!
 //! # How the worker uses it

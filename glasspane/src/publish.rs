@@ -7,7 +7,7 @@
 //! emits a `dropped {count}` event, see `pump.rs`). The final events go in
 //! with [`SessionPublisher::publish`], which waits for room.
 //!
-//! Events are sent with core NATS publish on `colibri.session.<session>.<kind>`;
+//! Events are sent with core NATS publish on `colibri.session.<session>.<worker>.<kind>`;
 //! the `COLIBRI_SESSIONS` stream captures them (no per-message ack, for
 //! throughput). The `end` event alone is published through JetStream and its
 //! ack awaited: since a connection's messages are stored in order, that ack

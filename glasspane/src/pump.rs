@@ -356,7 +356,7 @@ impl Emitter {
         live: watch::Sender<LiveState>,
         guard: Box<dyn AppendGuard>,
     ) -> Self {
-        let subject_prefix = broker::subjects::session(&meta.session, "");
+        let subject_prefix = broker::subjects::session(&meta.session, &meta.worker, "");
         Emitter {
             meta,
             subject_prefix,

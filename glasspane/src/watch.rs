@@ -54,9 +54,20 @@ pub async fn follow(
         .await
         .map_err(FollowError::Consumer)?;
     let messages = consumer.messages().await.map_err(FollowError::Messages)?;
-    let events = messages.map(|m| {
-        let m = m.map_err(FollowError::Receive)?;
-        broker::messages::decode::<SessionEvent>(&m.payload).map_err(FollowError::Decode)
+    let events = messages.filter_map(|m| async move {
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => return Some(Err(FollowError::Receive(e))),
+        };
+        match broker::messages::decode::<SessionEvent>(&m.payload) {
+            Err(e) => Some(Err(FollowError::Decode(e))),
+            Ok(e) if !published_by_its_worker(&m.subject, &e) => {
+                tracing::warn!(subject = %m.subject, worker = %e.worker, session = %e.session,
+                    "skipping a session event whose subject is not its own worker's");
+                None
+            }
+            Ok(e) => Some(Ok(e)),
+        }
     });
     // Checked before polling the consumer again: after `end` nothing more
     // arrives, so waiting for one more message would hang.
@@ -70,4 +81,47 @@ pub async fn follow(
             Some((item, (s, end)))
         });
     Ok(until_end)
+}
+
+/// Whether `event` came on its own subject
+/// (`colibri.session.<session>.<worker>.<kind>`), which a host's permissions
+/// allow only for itself: an event naming another worker is forged.
+pub fn published_by_its_worker(subject: &str, event: &SessionEvent) -> bool {
+    subject == broker::subjects::session(&event.session, &event.worker, event.kind())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use broker::messages::session::Event;
+    use broker::{TaskId, WorkerId};
+
+    #[test]
+    fn only_the_workers_own_subject_is_believed() {
+        let event = SessionEvent {
+            v: 1,
+            session: SessionId::new(),
+            seq: 1,
+            task_id: TaskId::new(),
+            attempt: 1,
+            worker: WorkerId::parse("debby.lan").unwrap(),
+            at_ms: 0,
+            event: Event::Raw {
+                stream: broker::messages::session::Stream::Stdout,
+                text: "hi".into(),
+                len: 2,
+            },
+        };
+        let own = broker::subjects::session(&event.session, &event.worker, "raw");
+        assert_eq!(own, format!("colibri.session.{}.debby_dlan.raw", event.session));
+        assert!(published_by_its_worker(&own, &event));
+        let evil = WorkerId::parse("domedog").unwrap();
+        for forged in [
+            broker::subjects::session(&event.session, &evil, "raw"),
+            broker::subjects::session(&event.session, &event.worker, "end"),
+            broker::subjects::session(&SessionId::new(), &event.worker, "raw"),
+        ] {
+            assert!(!published_by_its_worker(&forged, &event), "{forged}");
+        }
+    }
 }

@@ -138,7 +138,7 @@ async fn set_cost_mode_mid_session_changes_the_next_append() -> anyhow::Result<(
     let session = SessionId::new();
     let mut events = fleet
         .client
-        .subscribe(subjects::session(&session, ">"))
+        .subscribe(subjects::session_any(&session))
         .await?;
     fleet.client.flush().await?;
     let order = RunOrder {

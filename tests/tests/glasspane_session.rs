@@ -60,7 +60,7 @@ async fn collect_until_end(sub: &mut async_nats::Subscriber) -> anyhow::Result<V
         let e: SessionEvent = broker::messages::decode(&msg.payload)?;
         assert_eq!(
             msg.subject.as_str(),
-            broker::subjects::session(&e.session, e.kind())
+            broker::subjects::session(&e.session, &e.worker, e.kind())
         );
         let end = e.event.is_end();
         out.push(e);

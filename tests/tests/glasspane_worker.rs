@@ -234,7 +234,7 @@ async fn a_flood_never_blocks_the_agent_and_memory_stays_bounded() -> anyhow::Re
     let session = SessionId::new();
     let mut end = fleet
         .client
-        .subscribe(subjects::session(&session, "end"))
+        .subscribe(subjects::session_kind(&session, "end"))
         .await?;
     fleet.client.flush().await?;
     let order = RunOrder {

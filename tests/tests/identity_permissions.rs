@@ -36,7 +36,7 @@ async fn worker_identity_may_do_only_its_own_job() -> anyhow::Result<()> {
     for subject in [
         "colibri.presence.debby".to_string(),
         subjects::task_report(&TaskId::new(), &WorkerId::parse("debby")?),
-        "colibri.session.0190-x.event".to_string(),
+        "colibri.session.0190-x.debby.message".to_string(),
     ] {
         debby.client.publish(subject, "{}".into()).await?;
     }
@@ -47,8 +47,12 @@ async fn worker_identity_may_do_only_its_own_job() -> anyhow::Result<()> {
     debby.denied_publish(&subjects::task_submit(&task)).await?;
     debby.denied_publish("colibri.api.create-task").await?;
     debby.denied_publish("colibri.api.cancel").await?;
-    // Speak for another host.
+    // Speak for another host, in its reports or its sessions.
     debby.denied_publish("colibri.presence.domedog").await?;
+    debby
+        .denied_publish("colibri.session.0190-x.domedog.message")
+        .await?;
+    debby.denied_publish("colibri.session.0190-x.end").await?;
     debby
         .denied_publish(&subjects::task_report(&task, &WorkerId::parse("domedog")?))
         .await?;

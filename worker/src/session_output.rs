@@ -5,7 +5,7 @@
 //! pump on the agent's stdout and stderr. It normalises each line into
 //! session events, numbered per session and stamped with the task id, the
 //! attempt and the worker; publishes them live on
-//! `colibri.session.<session>.<kind>`; writes them to the transcript
+//! `colibri.session.<session>.<worker>.<kind>`; writes them to the transcript
 //! `<state_dir>/sessions/<session>.jsonl`; and keeps a [`LiveState`] whose
 //! `last_output` the idle limit reads and whose changes become `progress`
 //! reports ([`crate::progress`]). When the supervisor has the agent's exit

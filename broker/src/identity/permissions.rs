@@ -119,7 +119,7 @@ impl Permissions {
         let mut publish = vec![
             subjects::presence(worker),
             subjects::worker_reports(worker),
-            subjects::SESSION_ALL.to_string(),
+            subjects::worker_sessions(worker),
             format!("$JS.API.STREAM.INFO.{WORK_STREAM}"),
             format!("$JS.API.STREAM.INFO.{INTAKE_STREAM}"),
             format!("$JS.API.STREAM.INFO.{SESSIONS_STREAM}"),
@@ -229,7 +229,7 @@ mod tests {
             [
                 "colibri.presence.debby_dlan",
                 "colibri.task.*.report.debby_dlan",
-                "colibri.session.>",
+                "colibri.session.*.debby_dlan.>",
                 "$JS.API.STREAM.INFO.COLIBRI_WORK",
                 "$JS.API.STREAM.INFO.COLIBRI_INTAKE",
                 "$JS.API.STREAM.INFO.COLIBRI_SESSIONS",

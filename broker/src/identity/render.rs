@@ -94,7 +94,7 @@ mod tests {
           allow: [
             "colibri.presence.debby",
             "colibri.task.*.report.debby",
-            "colibri.session.>",
+            "colibri.session.*.debby.>",
             "$JS.API.STREAM.INFO.COLIBRI_WORK",
             "$JS.API.STREAM.INFO.COLIBRI_INTAKE",
             "$JS.API.STREAM.INFO.COLIBRI_SESSIONS",

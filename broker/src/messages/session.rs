@@ -1,4 +1,4 @@
-//! Glasspane events on `colibri.session.<session>.<kind>`: one agent run's
+//! Glasspane events on `colibri.session.<session>.<worker>.<kind>`: one agent run's
 //! output, normalised, each with a per-session sequence number.
 //!
 //! A [`SessionEvent`] is the envelope (who, which attempt, which sequence

@@ -114,7 +114,7 @@ async fn stored_end(
         .get_stream(broker::provision::SESSIONS_STREAM)
         .await
         .with_context(|| format!("reading {}", broker::provision::SESSIONS_STREAM))?;
-    let subject = broker::subjects::session(session, "end");
+    let subject = broker::subjects::session_kind(session, "end");
     match stream.get_last_raw_message_by_subject(&subject).await {
         Ok(raw) => Ok(broker::messages::decode::<SessionEvent>(&raw.payload).ok()),
         Err(e)
