@@ -82,6 +82,12 @@ echo "hello=$hello render=$render iso=$iso"
 say "the render task's session, replayed from its first event (colibri watch)"
 "$bin/colibri" watch "$render" || true
 
+say "continuing that session (--session): the prompt is built from its compacted transcript"
+session=$("$bin/colibri" show-task "$render" --json | grep -o '"session": *"[0-9a-f-]*"' | head -n 1 | sed 's/.*"\([0-9a-f-]*\)"$/\1/')
+next=$("$bin/colibri" create-task --title "refine the thumbnail" --agent pi --session "$session" --prompt "make it smaller")
+"$bin/colibri" watch "$next" || true
+"$bin/colibri" show-task "$render" | grep "transcript shared" || true
+
 i=0
 until [ "$("$bin/colibri" list-tasks --status running --json | grep -c task_id)" -eq 0 ] \
     && [ "$("$bin/colibri" list-tasks --status assigned --json | grep -c task_id)" -eq 0 ]; do
