@@ -81,7 +81,7 @@ impl Default for ProvisionConfig {
             sessions_max_age: Duration::from_secs(7 * 24 * 3600),
             sessions_max_bytes: 8 * GIB,
             transcripts_max_age: Duration::from_secs(30 * 24 * 3600),
-            transcripts_max_bytes: 8 * GIB,
+            transcripts_max_bytes: 2 * GIB,
             max_msg_size: 1 << 20,
         }
     }

@@ -388,6 +388,7 @@ async fn big_board(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    harness::init_logging();
     let q = quick();
     let nats = NatsServer::start()?;
     if let Ok(only) = std::env::var("COLIBRI_BENCH_ONLY") {
