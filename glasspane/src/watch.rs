@@ -113,7 +113,10 @@ mod tests {
             },
         };
         let own = broker::subjects::session(&event.session, &event.worker, "raw");
-        assert_eq!(own, format!("colibri.session.{}.debby_dlan.raw", event.session));
+        assert_eq!(
+            own,
+            format!("colibri.session.{}.debby_dlan.raw", event.session)
+        );
         assert!(published_by_its_worker(&own, &event));
         let evil = WorkerId::parse("domedog").unwrap();
         for forged in [

@@ -9,8 +9,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use broker::cost_mode::CostMode;
-use broker::messages::{Outcome, RunOrder, TaskSpec, Usage, WorkItem};
-use broker::{SessionId, Tag, TagSet};
+use broker::messages::{Outcome, RunOrder, TaskSpec, Usage};
+use broker::{Tag, TagSet};
 use worker::profiles::AgentProfile;
 use worker_support::Fleet;
 
@@ -107,14 +107,10 @@ async fn agents_get_their_own_limits_from_the_mode() -> anyhow::Result<()> {
     ] {
         let t = task(agent);
         let order = RunOrder {
-            task: t.clone(),
-            attempt: 1,
-            session: SessionId::new(),
-            cost_mode: mode,
             spent: spent.clone(),
-            continue_from: None,
+            ..worker_support::run_order(&t, mode)
         };
-        fleet.order(&w.id, WorkItem::Run(Box::new(order))).await?;
+        fleet.place(&w.id, order).await?;
         let (outcome, _, reason) = fleet.finished(&t).await?;
         assert_eq!(outcome, Outcome::Succeeded, "{agent}: {reason}");
     }

@@ -88,17 +88,9 @@ async fn run(
     task: &TaskSpec,
     mode: CostMode,
 ) -> anyhow::Result<SessionId> {
-    let session = SessionId::new();
-    let order = RunOrder {
-        task: task.clone(),
-        attempt: 1,
-        session,
-        cost_mode: mode,
-        spent: Default::default(),
-        continue_from: None,
-    };
-    fleet.order(&w.id, WorkItem::Run(Box::new(order))).await?;
-    Ok(session)
+    fleet
+        .place(&w.id, worker_support::run_order(task, mode))
+        .await
 }
 
 async fn put(fleet: &Fleet, key: &str, value: &str) -> anyhow::Result<()> {

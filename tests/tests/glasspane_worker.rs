@@ -60,17 +60,9 @@ async fn run_with_session(
     worker: &broker::WorkerId,
     task: &TaskSpec,
 ) -> anyhow::Result<SessionId> {
-    let session = SessionId::new();
-    let order = RunOrder {
-        task: task.clone(),
-        attempt: 1,
-        session,
-        cost_mode: Default::default(),
-        spent: Default::default(),
-        continue_from: None,
-    };
-    fleet.order(worker, WorkItem::Run(Box::new(order))).await?;
-    Ok(session)
+    fleet
+        .place(worker, worker_support::run_order(task, Default::default()))
+        .await
 }
 
 /// Live events of one session from a core subscription, up to `end`.

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use broker::cost_mode::CostMode;
-use broker::messages::{Outcome, ReportBody, RunOrder, SharedTranscript, TaskSpec, WorkItem};
+use broker::messages::{Outcome, ReportBody, RunOrder, SharedTranscript, TaskSpec};
 use broker::{SessionId, Tag, TagSet};
 use costmode::segment;
 use harness::within;
@@ -68,17 +68,11 @@ async fn run_from(
     task: &TaskSpec,
     continue_from: Option<SharedTranscript>,
 ) -> anyhow::Result<SessionId> {
-    let session = SessionId::new();
     let order = RunOrder {
-        task: task.clone(),
-        attempt: 1,
-        session,
-        cost_mode: CostMode::Smart,
-        spent: Default::default(),
         continue_from,
+        ..worker_support::run_order(task, CostMode::Smart)
     };
-    fleet.order(&w.id, WorkItem::Run(Box::new(order))).await?;
-    Ok(session)
+    fleet.place(&w.id, order).await
 }
 
 async fn shared(fleet: &mut Fleet, task: &TaskSpec) -> anyhow::Result<Option<SharedTranscript>> {

@@ -188,14 +188,17 @@ impl Fleet {
         attempt: u32,
     ) -> anyhow::Result<()> {
         let order = RunOrder {
-            task: task.clone(),
             attempt,
-            session: SessionId::new(),
-            cost_mode: Default::default(),
-            spent: Default::default(),
-            continue_from: None,
+            ..run_order(task, Default::default())
         };
-        self.order(worker, WorkItem::Run(Box::new(order))).await
+        self.place(worker, order).await.map(|_| ())
+    }
+
+    /// Orders `order` on `worker`, as the scheduler does; returns its session.
+    pub async fn place(&self, worker: &WorkerId, order: RunOrder) -> anyhow::Result<SessionId> {
+        let session = order.session;
+        self.order(worker, WorkItem::Run(Box::new(order))).await?;
+        Ok(session)
     }
 
     pub async fn cancel(
@@ -250,6 +253,18 @@ impl Fleet {
             } => Ok((outcome, exit_code, reason.unwrap_or_default())),
             other => anyhow::bail!("not a finished report: {other:?}"),
         }
+    }
+}
+
+/// The first run order of `task` under `mode`, with a new session.
+pub fn run_order(task: &TaskSpec, mode: broker::cost_mode::CostMode) -> RunOrder {
+    RunOrder {
+        task: task.clone(),
+        attempt: 1,
+        session: SessionId::new(),
+        cost_mode: mode,
+        spent: Default::default(),
+        continue_from: None,
     }
 }
 
