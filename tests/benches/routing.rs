@@ -278,6 +278,47 @@ async fn burst(nats: &NatsServer, n: usize, workers: usize, noop: bool) -> anyho
     Ok(rate)
 }
 
+/// Sharing then fetching a transcript segment of `bytes` through the
+/// transcript object store, `n` times: (share p50, fetch p50), each
+/// including the file read or the digest-checked write and rename.
+async fn transcript_handoff(
+    nats: &NatsServer,
+    bytes: usize,
+    n: usize,
+) -> anyhow::Result<(Duration, Duration)> {
+    let client = nats.client().await?;
+    let js = jetstream::new(client);
+    broker::provision::provision_all(&js, &Default::default()).await?;
+    let store = worker::transcripts::TranscriptStore::new(js);
+    let line = "{\"seq\":1,\"event\":{\"kind\":\"message\",\"text\":\"....................\"}}\n";
+    let data = line.repeat(bytes / line.len() + 1);
+    let (mut share, mut fetch) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        let home = tempfile::tempdir()?;
+        let away = tempfile::tempdir()?;
+        let session = broker::SessionId::new();
+        let path = costmode::segment::path(home.path(), &session, 0);
+        std::fs::create_dir_all(path.parent().context("sessions dir")?)?;
+        std::fs::write(&path, &data[..bytes])?;
+        let t = Instant::now();
+        let shared = store
+            .share(home.path(), &session)
+            .await?
+            .context("nothing shared")?;
+        share.push(t.elapsed());
+        let t = Instant::now();
+        anyhow::ensure!(
+            store
+                .ensure_local(away.path(), &session, Some(&shared))
+                .await?
+        );
+        fetch.push(t.elapsed());
+    }
+    share.sort();
+    fetch.sort();
+    Ok((pct(&share, 0.5), pct(&fetch, 0.5)))
+}
+
 /// RSS of an idle `colibri-worker` process after it has settled.
 async fn idle_worker_rss(nats: &NatsServer) -> anyhow::Result<u64> {
     let state = tempfile::tempdir()?;
@@ -392,7 +433,19 @@ async fn main() -> anyhow::Result<()> {
     let q = quick();
     let nats = NatsServer::start()?;
     if let Ok(only) = std::env::var("COLIBRI_BENCH_ONLY") {
-        // Profiling aid: one measurement alone (noop | burst | latency).
+        // Profiling aid: one measurement alone (noop | burst | latency | handoff).
+        if only == "handoff" {
+            for bytes in [100_000, 2_000_000] {
+                let (share, fetch) =
+                    transcript_handoff(&nats, bytes, if q { 5 } else { 30 }).await?;
+                println!(
+                    "{bytes} bytes: share p50 {} fetch p50 {}",
+                    ms(share),
+                    ms(fetch)
+                );
+            }
+            return Ok(());
+        }
         if only == "latency" {
             let n = if q { 50 } else { 300 };
             let (p50, p99) = submit_to_start(&nats, n, false).await?;
@@ -468,6 +521,18 @@ async fn main() -> anyhow::Result<()> {
         format!("{rate:.0} tasks/s"),
         "≥ 20000/s",
     );
+
+    for (bytes, label) in [
+        (100_000, "100 kB"),
+        (2_000_000, "2 MB (smart's segment limit)"),
+    ] {
+        let (share, fetch) = transcript_handoff(&nats, bytes, if q { 5 } else { 30 }).await?;
+        push(
+            &format!("transcript hand-off of {label}: share / fetch p50"),
+            format!("{} / {}", ms(share), ms(fetch)),
+            "-",
+        );
+    }
 
     match idle_worker_rss(&nats).await {
         Ok(kib) => push(
