@@ -166,7 +166,11 @@ impl Executor {
             hide_dirs: self.hidden().dirs.clone(),
             hide_files: self.hidden().files.clone(),
         };
-        let launch = confine::launch(cfg.confinement, &sandbox, &invocation.argv, &env);
+        if cfg.confinement == Confinement::Jail {
+            write_jail_env(&sandbox, &env, &cfg.agent_user)
+                .map_err(|e| spawn_failed("writing the jailed agent's environment", &e))?;
+        }
+        let launch = confine::launch(cfg.confinement, &sandbox, &invocation.argv);
         let cleanup = launch.after.clone();
         let spec = SpawnSpec {
             agent_program: invocation.argv.first().cloned().unwrap_or_default(),
@@ -271,4 +275,26 @@ fn existing(paths: impl IntoIterator<Item = PathBuf>) -> Vec<PathBuf> {
     out.sort();
     out.dedup();
     out
+}
+
+/// Writes the jailed agent's environment file (mode 0600, owned by the
+/// agent user), which the start script inside the jail sources and deletes.
+fn write_jail_env(
+    sandbox: &confine::Sandbox,
+    env: &[(String, String)],
+    agent_user: &str,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let text = confine::jail::env_file(env)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let path = confine::jail::env_file_path(sandbox);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    file.write_all(text.as_bytes())?;
+    drop(file);
+    workdir::give_to(&path, agent_user)
 }

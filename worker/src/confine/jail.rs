@@ -3,14 +3,58 @@
 //! -U`, and removes it with `jail -r` when the attempt ends, which also kills
 //! every process left inside.
 //!
-//! `jexec -l` starts from a clean environment, so the agent's variables are
-//! set again with `env -i` inside the jail. Unlike bwrap this puts them on
-//! the command line of a process running as root on the host (readable with
-//! `ps` by host users); run FreeBSD workers where host users are trusted, or
-//! see the closing note of the issue for the env-file alternative.
+//! `jexec -l` starts from a clean environment, so the agent's variables
+//! (its API keys among them) reach it through a file, never a command line
+//! (any host user can read command lines with `ps`): the worker writes
+//! [`env_file`] into the work dir (mode 0600, owned by the agent user), and
+//! the shell that starts the agent inside the jail, from an empty
+//! environment (`env -i`), exports what it sources, deletes the file, and
+//! execs the agent in the work dir.
+
+use std::path::PathBuf;
 
 use super::Sandbox;
 use broker::messages::NetworkPolicy;
+
+/// The env file's name in the work dir.
+pub const ENV_FILE: &str = ".colibri-env";
+
+/// Run by `/bin/sh -c` inside the jail as `$0` = the work dir, `$1` = the
+/// env file, then the agent's argv: export the file's variables, delete it,
+/// start the agent in the work dir.
+pub const START_SCRIPT: &str =
+    "set -a && . \"$1\" && rm -f -- \"$1\" && set +a && shift && cd \"$0\" && exec \"$@\"";
+
+/// Where the env file of `sandbox` goes.
+pub fn env_file_path(sandbox: &Sandbox) -> PathBuf {
+    sandbox.workdir.join(ENV_FILE)
+}
+
+/// A variable name the shell cannot set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("environment variable name {0:?} is not a shell name ([A-Za-z_][A-Za-z0-9_]*)")]
+pub struct BadEnvName(pub String);
+
+/// The env file: one `NAME='value'` line per variable, each value single
+/// quoted (a `'` in it written `'\''`), so the shell takes every byte as is.
+pub fn env_file(env: &[(String, String)]) -> Result<String, BadEnvName> {
+    let mut out = String::new();
+    for (name, value) in env {
+        let mut chars = name.chars();
+        let valid = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(BadEnvName(name.clone()));
+        }
+        out.push_str(name);
+        out.push_str("='");
+        out.push_str(&value.replace('\'', "'\\''"));
+        out.push_str("'\n");
+    }
+    Ok(out)
+}
 
 /// `jail -c ...`: creates the agent's jail (root `/`, the work dir as cwd).
 ///
@@ -38,12 +82,9 @@ pub fn create_argv(sandbox: &Sandbox) -> Vec<String> {
     ]
 }
 
-/// `jexec -l -U USER NAME env -i K=V... sh -c 'cd WORKDIR && exec "$@"' agent ARGV`.
-pub fn exec_argv(
-    sandbox: &Sandbox,
-    agent_argv: &[String],
-    env: &[(String, String)],
-) -> Vec<String> {
+/// `jexec -l -U USER NAME /usr/bin/env -i /bin/sh -c START_SCRIPT WORKDIR
+/// ENVFILE ARGV`: no variable on the command line.
+pub fn exec_argv(sandbox: &Sandbox, agent_argv: &[String]) -> Vec<String> {
     let mut argv: Vec<String> = vec![
         "jexec".into(),
         "-l".into(),
@@ -52,14 +93,12 @@ pub fn exec_argv(
         sandbox.name.clone(),
         "/usr/bin/env".into(),
         "-i".into(),
-    ];
-    argv.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
-    argv.extend([
         "/bin/sh".into(),
         "-c".into(),
-        "cd \"$0\" && exec \"$@\"".into(),
+        START_SCRIPT.into(),
         sandbox.workdir.to_string_lossy().into_owned(),
-    ]);
+        env_file_path(sandbox).to_string_lossy().into_owned(),
+    ];
     argv.extend(agent_argv.iter().cloned());
     argv
 }
@@ -102,7 +141,6 @@ mod tests {
         let got = exec_argv(
             &sandbox(NetworkPolicy::None),
             &["pi".into(), "--mode".into(), "json".into(), "hi".into()],
-            &[("HOME".into(), "/var/db/colibri-worker/work/t-1".into())],
         );
         assert_eq!(
             got,
@@ -114,20 +152,89 @@ mod tests {
                 "colibri_0190ab_1",
                 "/usr/bin/env",
                 "-i",
-                "HOME=/var/db/colibri-worker/work/t-1",
                 "/bin/sh",
                 "-c",
-                "cd \"$0\" && exec \"$@\"",
+                "set -a && . \"$1\" && rm -f -- \"$1\" && set +a && shift && cd \"$0\" && exec \"$@\"",
                 "/var/db/colibri-worker/work/t-1",
+                "/var/db/colibri-worker/work/t-1/.colibri-env",
                 "pi",
                 "--mode",
                 "json",
                 "hi",
             ]
         );
+        assert!(
+            !got.iter().any(|a| a.contains("HOME=")),
+            "no variable on the command line"
+        );
         assert_eq!(
             remove_argv(&sandbox(NetworkPolicy::None)),
             vec!["jail", "-r", "colibri_0190ab_1"]
+        );
+    }
+
+    #[test]
+    fn env_file_quotes_every_byte_and_refuses_bad_names() {
+        let env = vec![
+            ("HOME".to_string(), "/w".to_string()),
+            (
+                "KEY".to_string(),
+                "it's $HOME `x` \"q\"\nline2 \\".to_string(),
+            ),
+        ];
+        assert_eq!(
+            env_file(&env).unwrap(),
+            "HOME='/w'\nKEY='it'\\''s $HOME `x` \"q\"\nline2 \\'\n"
+        );
+        for bad in ["", "1A", "A-B", "A B", "A=B"] {
+            assert_eq!(
+                env_file(&[(bad.to_string(), "v".to_string())]),
+                Err(BadEnvName(bad.to_string()))
+            );
+        }
+    }
+
+    /// The start script, run here by the same `env -i /bin/sh -c` the jail
+    /// runs (without `jexec`): the agent gets exactly the file's variables,
+    /// byte for byte, in the work dir, and the file is gone.
+    #[test]
+    fn start_script_exports_the_file_deletes_it_and_starts_the_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = Sandbox {
+            workdir: dir.path().to_path_buf(),
+            ..sandbox(NetworkPolicy::None)
+        };
+        let tricky = "it's $HOME `id` \"q\"\nline2 \\ \u{e9}";
+        let env = vec![
+            ("PATH".to_string(), "/usr/bin:/bin".to_string()),
+            ("ANTHROPIC_API_KEY".to_string(), tricky.to_string()),
+        ];
+        let file = env_file_path(&sandbox);
+        std::fs::write(&file, env_file(&env).unwrap()).unwrap();
+        let argv = exec_argv(
+            &sandbox,
+            &[
+                "/bin/sh".into(),
+                "-c".into(),
+                "pwd; printf '%s' \"$ANTHROPIC_API_KEY\"; echo; echo \"${HOME-unset}\"".into(),
+            ],
+        );
+        // Skip `jexec -l -U USER NAME`: run from `/usr/bin/env -i` on.
+        let out = std::process::Command::new(&argv[5])
+            .args(&argv[6..])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let cwd = std::fs::canonicalize(dir.path()).unwrap();
+        assert_eq!(text, format!("{}\n{tricky}\nunset\n", cwd.display()));
+        assert!(
+            !file.exists(),
+            "the env file is deleted before the agent starts"
         );
     }
 }

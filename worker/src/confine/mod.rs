@@ -8,7 +8,8 @@
 //! the agent's variables, and bwrap passes it through. That is why the bwrap
 //! argv has no `--clearenv`/`--setenv`: the effect is the same, without
 //! secrets in `ps`. `jexec -l` discards the environment, so under a jail it
-//! is restored with `env(1)` inside the jail (see [`jail`]).
+//! is restored inside the jail from a file the worker writes into the work
+//! dir (see [`jail`]).
 
 pub mod bwrap;
 pub mod jail;
@@ -70,13 +71,9 @@ impl Launch {
     }
 }
 
-/// The launch of `agent_argv` (with environment `env`) under `confinement`.
-pub fn launch(
-    confinement: Confinement,
-    sandbox: &Sandbox,
-    agent_argv: &[String],
-    env: &[(String, String)],
-) -> Launch {
+/// The launch of `agent_argv` under `confinement` (the environment goes
+/// to the launcher process, or under a jail into [`jail::env_file`]).
+pub fn launch(confinement: Confinement, sandbox: &Sandbox, agent_argv: &[String]) -> Launch {
     match confinement {
         Confinement::Bwrap => Launch {
             before: Vec::new(),
@@ -86,7 +83,7 @@ pub fn launch(
         },
         Confinement::Jail => Launch {
             before: vec![jail::create_argv(sandbox)],
-            argv: jail::exec_argv(sandbox, agent_argv, env),
+            argv: jail::exec_argv(sandbox, agent_argv),
             after: vec![jail::remove_argv(sandbox)],
             status_fd_slots: None,
         },
@@ -114,7 +111,7 @@ mod tests {
             hide_files: Vec::new(),
         };
         let agent = ["true".to_string()];
-        let launch = launch(Confinement::Bwrap, &sandbox, &agent, &[]);
+        let launch = launch(Confinement::Bwrap, &sandbox, &agent);
         let fds = bwrap::StatusFds {
             info: 9,
             json_status: 12,
@@ -125,6 +122,6 @@ mod tests {
     }
 
     fn launch_plain(sandbox: &Sandbox, agent: &[String]) -> Launch {
-        launch(Confinement::Unconfined, sandbox, agent, &[])
+        launch(Confinement::Unconfined, sandbox, agent)
     }
 }

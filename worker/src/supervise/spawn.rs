@@ -338,7 +338,6 @@ mod tests {
             crate::config::Confinement::Bwrap,
             &sandbox,
             &[agent.to_string()],
-            &[],
         );
         let at = 1 + crate::confine::bwrap::STATUS_FD_SLOTS[1];
         let extra = extra.iter().map(|s| s.to_string());
