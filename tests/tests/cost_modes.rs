@@ -320,6 +320,54 @@ async fn escalation_stops_at_the_ceiling_then_rolls_over() -> anyhow::Result<()>
 /// No shadow configuration: a `[cost]` table or a threshold key in
 /// worker.toml is refused, and thresholds read the same whatever the
 /// environment says.
+/// One tool call whose result is `$1` bytes of `x` on one line (under the
+/// reader's line bound), then a last message and `agent_end`.
+const PI_BIG_RESULT: &str = r#"
+echo '{"type":"session","version":3,"id":"sh","timestamp":"0","cwd":"/"}'
+echo '{"type":"message_end","message":{"role":"assistant","content":[{"type":"text","text":"reading"}],"usage":{"input":10,"output":1},"stopReason":"toolUse"}}'
+echo '{"type":"tool_execution_start","toolCallId":"c1","toolName":"read","args":{"path":"big.log"}}'
+printf '%s' '{"type":"tool_execution_end","toolCallId":"c1","toolName":"read","result":{"content":[{"type":"text","text":"'
+head -c "$1" /dev/zero | tr '\0' x
+echo '"}]},"isError":false}'
+echo '{"type":"message_end","message":{"role":"assistant","content":[{"type":"text","text":"done"}],"usage":{"input":10,"output":1},"stopReason":"stop"}}'
+echo '{"type":"agent_end","messages":[]}'
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_tool_result_keeps_the_size_and_sha256_of_the_whole() -> anyhow::Result<()> {
+    let mut fleet = Fleet::start().await?;
+    let w = fleet
+        .worker("hasher", |cfg| {
+            cfg.agents
+                .insert(sh_profile("pi", PI_BIG_RESULT, &["200000"]));
+        })
+        .await?;
+    let task = agent_task("pi", Some(CostMode::Fast));
+    let session = run(&fleet, &w, &task, CostMode::Fast).await?;
+    let (outcome, _, reason) = fleet.finished(&task).await?;
+    assert_eq!(outcome, Outcome::Succeeded, "{reason}");
+    let whole = "x".repeat(200_000);
+    let sha = costmode::tool_result::sha256_hex(whole.as_bytes());
+    let result = transcript(&w, &session)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::ToolEnd { result, .. } => Some(result),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow::anyhow!("no tool_end in the transcript"))?;
+    assert!(
+        result.contains(&format!("200000 bytes, sha256 {sha} of 200000 bytes")),
+        "{}",
+        &result[..result.len().min(300)]
+    );
+    assert!(
+        result.len() < 5_000,
+        "fast keeps 4,096 bytes: {}",
+        result.len()
+    );
+    Ok(())
+}
+
 #[test]
 fn no_shadow_configuration_in_worker_toml() {
     let flags = worker::config::WorkerFlags::default();

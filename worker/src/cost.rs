@@ -33,10 +33,13 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// Tool results up to this size reach the cost guard whole (glasspane's
-/// result trim is raised to it), so a compacted result's sha256 is of the
-/// whole; `max` mode, which does not compact, keeps them up to this size.
-pub const WHOLE_RESULT_BYTES: usize = 64 * 1024;
+/// Tool results reach the cost guard whole up to glasspane's line bound
+/// (its result trim is raised to it): no result that arrived on one whole
+/// line is cut before the guard, so a compacted result's sha256 and true
+/// size are of the whole. `max` mode, which does not compact, keeps them up
+/// to this size. (A line longer than the bound is cut by the reader, and
+/// its result is hashed as received.)
+pub const WHOLE_RESULT_BYTES: usize = glasspane::line_reader::DEFAULT_MAX_LINE;
 
 /// The fleet's cost settings as the KV bucket holds them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
