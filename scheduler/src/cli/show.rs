@@ -50,6 +50,12 @@ pub async fn run(api_client: &ApiClient, args: ShowArgs) -> Result<(), CliError>
     if !d.spec.command.is_empty() {
         println!("argv      {}", d.spec.command.join(" "));
     }
+    if let Some(session) = &d.spec.continue_session {
+        println!("continues session {session}");
+    }
+    if let Some(mode) = d.spec.cost_mode {
+        println!("cost mode {mode} (the task's own)");
+    }
     println!();
     let rows: Vec<Vec<String>> = d
         .attempts
