@@ -164,6 +164,14 @@ async fn a_session_continues_on_another_worker_from_the_shared_transcript() -> a
     assert!(!prompt_of(&forged).exists(), "the agent never started");
     assert!(segment::latest_segment(third.state.path(), &next_session).is_none());
 
+    // An object in the store that no run order vouches for is not trusted.
+    let unvouched = pi_task("continue without a share", Some(session));
+    run(&fleet, &third, &unvouched).await?;
+    let (outcome, _, reason) = fleet.finished(&unvouched).await?;
+    assert_eq!(outcome, Outcome::Rejected);
+    assert!(reason.contains("reported no share"), "{reason}");
+    assert!(segment::latest_segment(third.state.path(), &session).is_none());
+
     // A session shared nowhere is refused, never started from nothing.
     let orphan = pi_task("continue what?", Some(SessionId::new()));
     run(&fleet, &other, &orphan).await?;

@@ -8,8 +8,8 @@
 //! another qualifying worker when the session's own worker is away.
 //!
 //! Before a continued session starts, a worker without the transcript
-//! [`TranscriptStore::fetch`]es it into its own sessions directory (the
-//! object store checks the digest). A transcript found neither here nor in
+//! fetches it ([`TranscriptStore::ensure_local`]) into its own sessions
+//! directory, only as the share the run order names, digest checked. A transcript found neither here nor in
 //! the store is an error: a session never silently starts from nothing.
 
 use std::path::{Path, PathBuf};
@@ -145,9 +145,10 @@ impl TranscriptStore {
     /// Makes the transcript of `session` available under `state_dir`:
     /// `Ok(false)` when it already is, `Ok(true)` when fetched from the
     /// store (written to a temporary file, renamed into place once whole
-    /// and its digest checked). With `expected` (the share the session's
-    /// worker reported, as the run order carries it), an object whose
-    /// digest differs is refused.
+    /// and its digest checked). Only a share its worker reported
+    /// (`expected`, as the run order carries it) is fetched, and an object
+    /// whose digest differs from it is refused: any worker may write to the
+    /// store, so an object nobody vouches for is never trusted.
     pub async fn ensure_local(
         &self,
         state_dir: &Path,
@@ -157,6 +158,12 @@ impl TranscriptStore {
         if segment::latest_segment(state_dir, session).is_some() {
             return Ok(false);
         }
+        let Some(expected) = expected else {
+            return Err(TranscriptError::NotShared {
+                session: *session,
+                message: "its worker reported no share".into(),
+            });
+        };
         let fetch = self.fetch(state_dir, session, expected);
         tokio::time::timeout(TRANSFER_TIMEOUT, fetch)
             .await
@@ -170,7 +177,7 @@ impl TranscriptStore {
         &self,
         state_dir: &Path,
         session: &SessionId,
-        expected: Option<&SharedTranscript>,
+        expected: &SharedTranscript,
     ) -> Result<(), TranscriptError> {
         let get = |message: String| TranscriptError::Get {
             session: *session,
@@ -188,23 +195,15 @@ impl TranscriptStore {
                 },
                 _ => get(e.to_string()),
             })?;
-        let info = object.info();
-        let found = info.digest.clone().unwrap_or_default();
-        let index: u32 = match expected {
-            Some(e) if e.digest != found => {
-                return Err(TranscriptError::Replaced {
-                    session: *session,
-                    expected: e.digest.clone(),
-                    found,
-                })
-            }
-            Some(e) => e.segment,
-            None => info
-                .metadata
-                .get(SEGMENT_KEY)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
-        };
+        let found = object.info().digest.clone().unwrap_or_default();
+        if found != expected.digest {
+            return Err(TranscriptError::Replaced {
+                session: *session,
+                expected: expected.digest.clone(),
+                found,
+            });
+        }
+        let index = expected.segment;
         let dest = segment::path(state_dir, session, index);
         let dir = dest.parent().unwrap_or(state_dir).to_path_buf();
         let write = |source| TranscriptError::Write {
