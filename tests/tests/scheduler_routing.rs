@@ -287,11 +287,28 @@ async fn a_continued_session_runs_where_its_transcript_is_or_waits_for_it() -> a
     let mut elsewhere = task("continue the shared one", &["linux"]);
     elsewhere.continue_session = Some(next_run.session);
     env.board.create(&elsewhere).await?;
-    assert_eq!(plain.next_run(T).await?.task.id, elsewhere.id);
+    let elsewhere_run = plain.next_run(T).await?;
+    assert_eq!(elsewhere_run.task.id, elsewhere.id);
     let d = env.board.show(&next.id).await?;
     assert_eq!(d.attempts[0].transcript, Some(shared));
     // The unshared session still waits for `home`.
     assert!(plain.no_order_within(Duration::from_millis(200)).await);
+
+    // A worker that cannot use the share (gone from the store, or replaced)
+    // refuses the attempt: the share is forgotten and the continuation waits
+    // for `home` again, its try not counted, never failed.
+    plain.finished(&elsewhere_run, Outcome::Rejected).await?;
+    let d = env
+        .board
+        .wait_for(
+            &elsewhere.id,
+            "parked for home again",
+            Duration::from_secs(30),
+            |d| matches!(d.summary.parked, Some(ParkReason::Home { .. })),
+        )
+        .await?;
+    assert_eq!(d.summary.state, TaskState::Queued);
+    assert_eq!(env.board.show(&next.id).await?.attempts[0].transcript, None);
 
     // An unknown session is refused, never started from nothing.
     let mut orphan = task("continue nothing", &["linux"]);

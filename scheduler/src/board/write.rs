@@ -367,6 +367,14 @@ impl<'a> BoardTx<'a> {
         Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
+    /// Forgets every recorded share of `session` (it proved unusable).
+    pub fn forget_share(&self, session: &SessionId) -> Result<(), BoardError> {
+        self.tx
+            .prepare_cached("UPDATE attempts SET transcript = NULL WHERE session = ?1")?
+            .execute([session.to_string()])?;
+        Ok(())
+    }
+
     /// Records that the attempt's transcript was shared; false (nothing
     /// recorded) when `shared` names another session than the attempt's.
     pub fn transcript_shared(

@@ -467,6 +467,32 @@ impl Core {
                         now_ms,
                     );
                 }
+                // A continuation refused away from its session's worker: the
+                // share was unusable there (gone, or replaced in the store).
+                // Forget it and requeue without counting the try, so the task
+                // waits for the session's own worker instead of failing.
+                if outcome == Outcome::Rejected {
+                    let away = a
+                        .needs
+                        .home
+                        .as_ref()
+                        .filter(|h| h.shared && h.worker != report.worker);
+                    if let Some(home) = away {
+                        tx.forget_share(&home.session)?;
+                        self.count("shares_forgotten");
+                        tracing::warn!(task_id = %id, attempt = a.attempt, worker = %report.worker,
+                            session = %home.session, reason = reason_ref.unwrap_or(""),
+                            "continuation refused away from its session's worker; forgetting the share");
+                        self.tasks.update(&id, |a| {
+                            a.tries = a.tries.saturating_sub(1);
+                            if let Some(h) = a.needs.home.as_mut() {
+                                h.shared = false;
+                            }
+                        });
+                        let why = format!("rejected: {}", reason_ref.unwrap_or("refused"));
+                        return self.requeue(tx, &id, None, &why, now_ms);
+                    }
+                }
                 match outcome {
                     Outcome::Succeeded => {
                         self.finish(tx, &id, TaskState::Succeeded, reason_ref, now_ms)?
