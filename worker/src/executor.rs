@@ -129,6 +129,10 @@ impl Executor {
         let spawn_failed = |what: &str, e: &dyn std::fmt::Display| {
             Ending::without_run(Outcome::SpawnFailed, format!("{what}: {e}"))
         };
+        if cfg.confinement == Confinement::Jail {
+            workdir::open_for_jail(&cfg.state_dir)
+                .map_err(|e| spawn_failed("setting the state dir's modes for jails", &e))?;
+        }
         let dir = workdir::create(&cfg.work_root(), &task.id, order.attempt)
             .map_err(|e| spawn_failed("creating the work dir", &e))?;
         let written = controls

@@ -3,6 +3,7 @@
 //! when it ends.
 
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use broker::messages::Outcome;
@@ -16,14 +17,33 @@ pub fn path(root: &Path, task: &TaskId, attempt: u32) -> PathBuf {
     root.join(format!("{task}-{attempt}"))
 }
 
-/// Makes a fresh, empty work dir (a leftover of an earlier run is removed).
+/// Makes a fresh, empty work dir (a leftover of an earlier run is removed),
+/// mode 0700: only its owner (the worker, or a jailed agent's user once
+/// handed over) may enter it.
 pub fn create(root: &Path, task: &TaskId, attempt: u32) -> io::Result<PathBuf> {
     let dir = path(root, task, attempt);
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
     std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     Ok(dir)
+}
+
+/// The modes a jail needs on the worker's state dir. A jailed agent shares
+/// the host's root and runs as the agent user, so it must be able to pass
+/// through the state dir and `work/` to its own work dir, and nothing
+/// more: both are 0711 (enter, but not list: another attempt's work dir is
+/// reachable only by its unguessable name), and `sessions/` (every
+/// transcript) is 0700, the worker's alone.
+pub fn open_for_jail(state_dir: &Path) -> io::Result<()> {
+    let set = |dir: &Path, mode: u32| -> io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+    };
+    set(state_dir, 0o711)?;
+    set(&state_dir.join("work"), 0o711)?;
+    set(&state_dir.join("sessions"), 0o700)
 }
 
 /// Hands the work dir to the unprivileged agent user (jail confinement).
@@ -69,5 +89,25 @@ mod tests {
         assert!(again.exists());
         finish(&again, KeepWorkdirs::OnFailure, Outcome::Succeeded);
         assert!(!again.exists());
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_jailed_agent_may_pass_through_the_state_dir_but_not_look_around() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o750)).unwrap();
+        open_for_jail(&state).unwrap();
+        assert_eq!(mode(&state), 0o711);
+        assert_eq!(mode(&state.join("work")), 0o711);
+        assert_eq!(mode(&state.join("sessions")), 0o700);
+        let work = create(&state.join("work"), &TaskId::new(), 1).unwrap();
+        assert_eq!(mode(&work), 0o700);
+        open_for_jail(&state).unwrap();
+        assert!(work.exists(), "idempotent, and it touches no work dir");
     }
 }
