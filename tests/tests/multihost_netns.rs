@@ -285,11 +285,22 @@ async fn three_hosts_route_survive_a_cut_link_and_a_hub_restart() -> anyhow::Res
         nats_bin,
     };
     cluster.start_nats()?;
+    // Both hosts run `pi` as the fake agent, which speaks pi's json mode.
+    let agents = cluster.dir.path().join("worker.toml");
+    std::fs::write(
+        &agents,
+        format!(
+            "[agents.pi]\nargv = [\"{}\", \"--sleep-ms\", \"50\", \"{{prompt}}\"]\n",
+            worker_bin().with_file_name("colibri-fake-agent").display()
+        ),
+    )?;
     for (host, tags) in [("debby", "linux,docker"), ("domedog", "linux,docker,gpu")] {
         let state = cluster.dir.path().join(format!("{host}-state"));
         std::fs::create_dir_all(&state)?;
         let mut cmd = cluster.net.exec(host, worker_bin());
-        cmd.args(cluster.ids.flags(host, &Cluster::url()))
+        cmd.arg("--config")
+            .arg(&agents)
+            .args(cluster.ids.flags(host, &Cluster::url()))
             .args(["--worker-id", host, "--capabilities", tags, "--slots", "2"])
             .args([
                 "--allow-command",
@@ -318,6 +329,32 @@ async fn three_hosts_route_survive_a_cut_link_and_a_hub_restart() -> anyhow::Res
     })
     .await?;
 
+    // An agent session on debby, its transcript shared through the hub.
+    let first = c
+        .ops(&[
+            "create-task",
+            "--title",
+            "map it",
+            "--capability",
+            "docker",
+            "--agent",
+            "pi",
+            "--prompt",
+            "map the parser",
+        ])?
+        .trim()
+        .to_string();
+    c.until(
+        Duration::from_secs(30),
+        "agent task succeeds on debby",
+        |c| state_of(c, &first).is_some_and(|s| s.0 == TaskState::Succeeded && s.2 == "debby"),
+    )
+    .await?;
+    let attempt = c.show(&first).context("show the agent task")?.attempts[0].clone();
+    let shared = attempt.transcript.context("debby shared no transcript")?;
+    assert_eq!(shared.session, attempt.session);
+    let session = attempt.session.to_string();
+
     // A long task runs on debby; then debby's link is cut.
     let long = c.submit("docker", &["/bin/sleep", "25"])?;
     c.until(Duration::from_secs(30), "long task running on debby", |c| {
@@ -337,6 +374,36 @@ async fn three_hosts_route_survive_a_cut_link_and_a_hub_restart() -> anyhow::Res
         offline_after <= Duration::from_secs(16),
         "debby marked offline after {offline_after:?}"
     );
+    // With debby away, its session continues on domedog from the shared
+    // transcript, fetched through the hub under domedog's own identity.
+    let next = c
+        .ops(&[
+            "create-task",
+            "--title",
+            "fix it",
+            "--capability",
+            "docker",
+            "--agent",
+            "pi",
+            "--session",
+            &session,
+            "--prompt",
+            "now fix the parser",
+        ])?
+        .trim()
+        .to_string();
+    c.until(
+        Duration::from_secs(30),
+        "continuation succeeds on domedog",
+        |c| state_of(c, &next).is_some_and(|s| s.0 == TaskState::Succeeded && s.2 == "domedog"),
+    )
+    .await?;
+    let fetched = c
+        .dir
+        .path()
+        .join("domedog-state/sessions")
+        .join(format!("{session}.jsonl"));
+    assert!(fetched.exists(), "domedog holds the fetched transcript");
     c.until(
         Duration::from_secs(30),
         "unstarted work done on domedog",
