@@ -171,6 +171,15 @@ async fn a_session_continues_on_another_worker_from_the_shared_transcript() -> a
     assert_eq!(outcome, Outcome::Rejected);
     assert!(reason.contains("reported no share"), "{reason}");
     assert!(segment::latest_segment(third.state.path(), &session).is_none());
+    let sessions = third.state.path().join("sessions");
+    let leftovers: Vec<_> = std::fs::read_dir(&sessions)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".fetching"))
+        .collect();
+    assert!(leftovers.is_empty(), "partial fetches left: {leftovers:?}");
 
     // A session shared nowhere is refused, never started from nothing.
     let orphan = pi_task("continue what?", Some(SessionId::new()));

@@ -164,20 +164,32 @@ impl TranscriptStore {
                 message: "its worker reported no share".into(),
             });
         };
-        let fetch = self.fetch(state_dir, session, expected);
-        tokio::time::timeout(TRANSFER_TIMEOUT, fetch)
+        let dest = segment::path(state_dir, session, expected.segment);
+        let partial = dest.with_file_name(format!(
+            ".{}.{}.fetching",
+            segment::file_name(session, expected.segment),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let fetch = self.fetch(session, expected, &partial, &dest);
+        let fetched = tokio::time::timeout(TRANSFER_TIMEOUT, fetch)
             .await
-            .map_err(|_| TranscriptError::TimedOut {
+            .unwrap_or(Err(TranscriptError::TimedOut {
                 what: "fetching the transcript",
-            })??;
-        Ok(true)
+            }));
+        if fetched.is_err() {
+            // Whatever was written of it (also when the time ran out).
+            let _ = tokio::fs::remove_file(&partial).await;
+        }
+        fetched.map(|()| true)
     }
 
+    /// Gets the object into `partial`, then renames it to `dest`.
     async fn fetch(
         &self,
-        state_dir: &Path,
         session: &SessionId,
         expected: &SharedTranscript,
+        partial: &Path,
+        dest: &Path,
     ) -> Result<(), TranscriptError> {
         let get = |message: String| TranscriptError::Get {
             session: *session,
@@ -203,31 +215,21 @@ impl TranscriptStore {
                 found,
             });
         }
-        let index = expected.segment;
-        let dest = segment::path(state_dir, session, index);
-        let dir = dest.parent().unwrap_or(state_dir).to_path_buf();
         let write = |source| TranscriptError::Write {
-            path: dest.clone(),
+            path: dest.to_path_buf(),
             source,
         };
-        tokio::fs::create_dir_all(&dir).await.map_err(write)?;
-        let partial = dir.join(format!(
-            ".{}.{}.fetching",
-            segment::file_name(session, index),
-            uuid::Uuid::new_v4().simple()
-        ));
-        let mut file = tokio::fs::File::create(&partial).await.map_err(write)?;
-        let copied = tokio::io::copy(&mut object, &mut file).await;
-        if let Err(e) = copied {
-            drop(file);
-            let _ = tokio::fs::remove_file(&partial).await;
-            return Err(get(e.to_string()));
+        if let Some(dir) = dest.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(write)?;
         }
+        let mut file = tokio::fs::File::create(partial).await.map_err(write)?;
+        tokio::io::copy(&mut object, &mut file)
+            .await
+            .map_err(|e| get(e.to_string()))?;
         file.flush().await.map_err(write)?;
         file.sync_all().await.map_err(write)?;
         drop(file);
-        tokio::fs::rename(&partial, &dest).await.map_err(write)?;
-        Ok(())
+        tokio::fs::rename(partial, dest).await.map_err(write)
     }
 }
 
