@@ -8,8 +8,7 @@
 //! | `COLIBRI_WORK`     | `colibri.work.>`                                    | work queue | new     |
 //! | `COLIBRI_EVENTS`   | `colibri.task.*.state`, `colibri.worker.*.state`    | limits     | old     |
 //! | `COLIBRI_SESSIONS` | `colibri.session.>`                                 | limits     | old     |
-//!
-//! | `OBJ_colibri-transcripts` | `$O.colibri-transcripts.>` (object store) | limits | new |
+//! | `OBJ_colibri-transcripts` | `$O.colibri-transcripts.>` (object store)    | limits     | new     |
 //!
 //! Work-queue streams refuse new messages when full rather than drop
 //! accepted ones: a submit into a full intake fails loudly at the client.

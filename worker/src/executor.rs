@@ -129,21 +129,11 @@ impl Executor {
         let spawn_failed = |what: &str, e: &dyn std::fmt::Display| {
             Ending::without_run(Outcome::SpawnFailed, format!("{what}: {e}"))
         };
-        if cfg.confinement == Confinement::Jail {
-            workdir::open_for_jail(&cfg.state_dir)
-                .map_err(|e| spawn_failed("setting the state dir's modes for jails", &e))?;
-        }
         let dir = workdir::create(&cfg.work_root(), &task.id, order.attempt)
             .map_err(|e| spawn_failed("creating the work dir", &e))?;
         let written = controls
             .write_files(&dir)
             .map_err(|e| spawn_failed("writing the agent's mode settings", &e))?;
-        if cfg.confinement == Confinement::Jail {
-            for path in std::iter::once(&dir).chain(&written) {
-                workdir::give_to(path, &cfg.agent_user)
-                    .map_err(|e| spawn_failed("handing the work dir to agent_user", &e))?;
-            }
-        }
         let marker = uuid::Uuid::new_v4().simple().to_string();
         let mut env: Vec<(String, String)> = vec![
             (
@@ -171,8 +161,8 @@ impl Executor {
             hide_files: self.hidden().files.clone(),
         };
         if cfg.confinement == Confinement::Jail {
-            write_jail_env(&sandbox, &env, &cfg.agent_user)
-                .map_err(|e| spawn_failed("writing the jailed agent's environment", &e))?;
+            prepare_jail(&cfg.state_dir, &sandbox, &written, &env)
+                .map_err(|(what, e)| spawn_failed(what, &e))?;
         }
         let launch = confine::launch(cfg.confinement, &sandbox, &invocation.argv);
         let cleanup = launch.after.clone();
@@ -281,24 +271,36 @@ fn existing(paths: impl IntoIterator<Item = PathBuf>) -> Vec<PathBuf> {
     out
 }
 
-/// Writes the jailed agent's environment file (mode 0600, owned by the
-/// agent user), which the start script inside the jail sources and deletes.
-fn write_jail_env(
+/// What a jailed agent needs on the host before it starts: the state dir's
+/// modes ([`workdir::open_for_jail`]), its work dir and the files written
+/// into it handed to the agent user, and its environment file (mode 0600,
+/// the agent user's), which the start script inside the jail sources and
+/// deletes. On failure: which step, and why.
+fn prepare_jail(
+    state_dir: &std::path::Path,
     sandbox: &confine::Sandbox,
+    written: &[PathBuf],
     env: &[(String, String)],
-    agent_user: &str,
-) -> std::io::Result<()> {
+) -> Result<(), (&'static str, std::io::Error)> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let user = sandbox.agent_user.as_str();
+    workdir::open_for_jail(state_dir)
+        .map_err(|e| ("setting the state dir's modes for jails", e))?;
+    for path in std::iter::once(&sandbox.workdir).chain(written) {
+        workdir::give_to(path, user).map_err(|e| ("handing the work dir to agent_user", e))?;
+    }
+    let writing = |e| ("writing the jailed agent's environment", e);
     let text = confine::jail::env_file(env)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        .map_err(|e| writing(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
     let path = confine::jail::env_file_path(sandbox);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)?;
-    file.write_all(text.as_bytes())?;
+        .open(&path)
+        .map_err(writing)?;
+    file.write_all(text.as_bytes()).map_err(writing)?;
     drop(file);
-    workdir::give_to(&path, agent_user)
+    workdir::give_to(&path, user).map_err(writing)
 }

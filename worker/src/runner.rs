@@ -268,9 +268,12 @@ impl State {
         let runs_agents = self.config.executor != crate::executor::ExecutorKind::Noop;
         let done = self.done_tx.clone();
         self.tracker.spawn(async move {
-            let prepared = match runs_agents {
-                true => transcripts.prepare_continuation(&state_dir, &order).await,
-                false => Ok(()),
+            // A continued session's transcript is made local first (the
+            // no-spawn executor runs nothing and needs none).
+            let prepared = if runs_agents {
+                transcripts.prepare_continuation(&state_dir, &order).await
+            } else {
+                Ok(())
             };
             let begun = match prepared {
                 Ok(()) => executor.begin(&order, &mut stop_rx).await,
@@ -293,9 +296,10 @@ impl State {
                     executor.finish(begun, &mut stop_rx).await
                 }
             };
-            let transcript = match ending.session.is_some() && runs_agents {
-                true => transcripts.share_attempt(&state_dir, &order).await,
-                false => None,
+            // Only an attempt that ran has a transcript to share.
+            let transcript = match ending.session {
+                Some(_) => transcripts.share_attempt(&state_dir, &order).await,
+                None => None,
             };
             finish(&reporter, key, ending, transcript).await;
             let _ = done.send(key);

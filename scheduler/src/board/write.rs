@@ -26,12 +26,12 @@ pub struct ActiveRow {
     pub home: Option<SessionHome>,
 }
 
-/// The worker that ran a session (and holds its transcript), and whether
-/// the transcript is shared in the transcript store.
+/// The worker that ran a session (and holds its transcript), and the share
+/// of that transcript in the transcript store, if recorded and unexpired.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionHome {
     pub worker: WorkerId,
-    pub shared: bool,
+    pub share: Option<SharedTranscript>,
 }
 
 /// How an attempt ended, as its worker reported it.
@@ -349,24 +349,6 @@ impl<'a> BoardTx<'a> {
         session_home(&self.tx, session)
     }
 
-    /// The recorded share of `session`'s transcript, if any and not expired.
-    pub fn session_transcript(
-        &self,
-        session: &SessionId,
-    ) -> Result<Option<SharedTranscript>, BoardError> {
-        let text: Option<String> = self
-            .tx
-            .prepare_cached(
-                "SELECT transcript FROM attempts
-                 WHERE session = ?1 AND transcript IS NOT NULL AND ended_at_ms >= ?2 LIMIT 1",
-            )?
-            .query_row(params![session.to_string(), share_cutoff_ms()], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
-    }
-
     /// Forgets every recorded share of `session` (it proved unusable).
     pub fn forget_share(&self, session: &SessionId) -> Result<(), BoardError> {
         self.tx
@@ -504,18 +486,19 @@ fn share_cutoff_ms() -> i64 {
 }
 
 fn session_home(conn: &Connection, session: &SessionId) -> Result<Option<SessionHome>, BoardError> {
-    let row: Option<(String, bool)> = conn
+    let row: Option<(String, Option<String>)> = conn
         .prepare_cached(
-            "SELECT worker, transcript IS NOT NULL AND ended_at_ms >= ?2
+            "SELECT worker, CASE WHEN ended_at_ms >= ?2 THEN transcript END
              FROM attempts WHERE session = ?1 LIMIT 1",
         )?
         .query_row(params![session.to_string(), share_cutoff_ms()], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
         .optional()?;
-    Ok(row.and_then(|(w, shared)| {
-        WorkerId::parse(&w)
-            .ok()
-            .map(|worker| SessionHome { worker, shared })
+    Ok(row.and_then(|(w, share)| {
+        WorkerId::parse(&w).ok().map(|worker| SessionHome {
+            worker,
+            share: share.and_then(|t| serde_json::from_str(&t).ok()),
+        })
     }))
 }

@@ -155,8 +155,8 @@ impl Core {
             Some(session) => match tx.session_home(session)? {
                 Some(h) => Some(Home {
                     session: *session,
+                    shared: h.share.is_some(),
                     worker: h.worker,
-                    shared: h.shared,
                 }),
                 None if tx.task_state(&id)?.is_some() => None,
                 None => {
@@ -952,9 +952,6 @@ fn exit_reason(exit_code: Option<i32>) -> String {
     }
 }
 
-/// Exponential backoff with jitter: base * 2^(tries-1), times 0.5..1.5, capped.
-/// What the task's attempts before `attempt` used (nothing for a first
-/// attempt, without asking the board).
 /// What a run order carries from the board besides the task.
 struct RunContext {
     /// What the task's earlier attempts used (its spend ceiling is per task).
@@ -963,13 +960,16 @@ struct RunContext {
     continue_from: Option<SharedTranscript>,
 }
 
+/// The run context of `spec`'s `attempt`: nothing spent before a first
+/// attempt (without asking the board), and the share of the continued
+/// session, if any.
 fn run_context(tx: &BoardTx<'_>, spec: &TaskSpec, attempt: u32) -> Result<RunContext, BoardError> {
     let spent = match attempt {
         0 | 1 => Default::default(),
         _ => tx.usage_before(&spec.id, attempt)?,
     };
     let continue_from = match &spec.continue_session {
-        Some(session) => tx.session_transcript(session)?,
+        Some(session) => tx.session_home(session)?.and_then(|h| h.share),
         None => None,
     };
     Ok(RunContext {
@@ -978,6 +978,7 @@ fn run_context(tx: &BoardTx<'_>, spec: &TaskSpec, attempt: u32) -> Result<RunCon
     })
 }
 
+/// Exponential backoff with jitter: base * 2^(tries-1), times 0.5..1.5, capped.
 pub fn backoff_ms(base: u64, tries: u32) -> u64 {
     let exp = base
         .saturating_mul(1u64 << tries.saturating_sub(1).min(16))

@@ -61,8 +61,8 @@ impl Active {
         a.needs.home = match (row.home, a.spec.continue_session) {
             (Some(h), Some(session)) => Some(Home {
                 session,
+                shared: h.share.is_some(),
                 worker: h.worker,
-                shared: h.shared,
             }),
             _ => None,
         };
