@@ -183,14 +183,13 @@ fn bwrap_alone(n: usize) -> anyhow::Result<(Duration, Duration)> {
         agent_user: String::new(),
         hide_dirs: Vec::new(),
         hide_files: Vec::new(),
+        system: worker::confine::bwrap::system_view(),
+        agent_paths: Vec::new(),
+        tmp_size: Some(1 << 30),
     };
-    let argv = worker::confine::bwrap::argv(
-        &sandbox,
-        &["/bin/true".to_string()],
-        worker::confine::bwrap::StatusFds::UNSET,
-    );
-    // Without the status fds, which only the worker's spawn fills in.
-    let args: Vec<&String> = argv[5..].iter().collect();
+    let argv = worker::confine::bwrap::argv(&sandbox, &["/bin/true".to_string()]);
+    // Without the status and seccomp fds, which only the worker's spawn sets up.
+    let args: Vec<&String> = argv[1 + worker::confine::bwrap::FD_ARGS..].iter().collect();
     let mut lat = Vec::with_capacity(n);
     for _ in 0..n {
         let t0 = Instant::now();

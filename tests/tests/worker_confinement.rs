@@ -214,6 +214,11 @@ async fn bwrap_setup_error_is_a_spawn_failure_after_retries() -> anyhow::Result<
     // looked up in): the real one, with a bind source that does not exist.
     let bin = tempfile::tempdir()?;
     let tries = bin.path().join("tries");
+    // bwrap runs as the agent user under a root worker: it must be able to
+    // run the wrapper and count its tries.
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755))?;
+    std::fs::write(&tries, "")?;
+    std::fs::set_permissions(&tries, std::fs::Permissions::from_mode(0o666))?;
     let wrapper = bin.path().join("bwrap");
     std::fs::write(
         &wrapper,

@@ -86,7 +86,17 @@ pub struct Limits {
     pub spawn_backoff: Duration,
     /// Bound on the whole shutdown: agents stopped, reports sent.
     pub shutdown_grace: Duration,
+    /// Memory of one attempt, in bytes (its cgroup's limit).
+    pub memory: u64,
+    /// Processes and threads of one attempt (its cgroup's limit).
+    pub pids: u32,
+    /// Size of an attempt's fresh `/tmp`, in bytes.
+    pub tmp: u64,
+    /// Size of an attempt's work dir, in bytes, checked while it runs.
+    pub workdir: u64,
 }
+
+const MIB: u64 = 1 << 20;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -100,6 +110,10 @@ impl Default for Limits {
             spawn_retries: 3,
             spawn_backoff: Duration::from_millis(200),
             shutdown_grace: Duration::from_secs(20),
+            memory: 4096 * MIB,
+            pids: 512,
+            tmp: 1024 * MIB,
+            workdir: 10240 * MIB,
         }
     }
 }
@@ -114,8 +128,12 @@ pub struct WorkerConfig {
     pub state_dir: PathBuf,
     pub confinement: Confinement,
     pub network: Network,
-    /// FreeBSD: the unprivileged user agents run as (`jexec -U`).
+    /// The unprivileged user agents run as: `jexec -U` on FreeBSD; on
+    /// Linux the user bwrap runs as when the worker is root.
     pub agent_user: String,
+    /// Host trees where agents' programs are installed, shown read-only in
+    /// the sandbox (the system dirs are always shown).
+    pub agent_paths: Vec<PathBuf>,
     pub keep_workdirs: KeepWorkdirs,
     pub limits: Limits,
     /// Agent profiles; `command` is enabled by `allow_command` inside.
@@ -142,6 +160,7 @@ impl WorkerConfig {
             confinement: Confinement::Bwrap,
             network: Network::None,
             agent_user: DEFAULT_AGENT_USER.to_string(),
+            agent_paths: Vec::new(),
             keep_workdirs: KeepWorkdirs::OnFailure,
             limits: Limits::default(),
             agents: Profiles::default(),
@@ -171,6 +190,17 @@ impl WorkerConfig {
         .collect()
     }
 
+    /// The user and group bwrap runs as: `None` when the worker is not
+    /// root (bwrap then runs as the worker's own user) or agents are not
+    /// confined by bwrap; an error naming `agent_user` when the worker is
+    /// root and that user cannot be used.
+    pub fn agent_ids(&self) -> Result<Option<crate::supervise::Ids>, String> {
+        if self.confinement != Confinement::Bwrap || !nix::unistd::geteuid().is_root() {
+            return Ok(None);
+        }
+        agent_ids(&self.agent_user).map(Some)
+    }
+
     /// Where attempts' work dirs are made.
     pub fn work_root(&self) -> PathBuf {
         self.state_dir.join("work")
@@ -178,6 +208,31 @@ impl WorkerConfig {
 }
 
 const DEFAULT_AGENT_USER: &str = "colibri-agent";
+
+/// `user`'s uid and gid, when it is a usable agent user: it exists and is
+/// neither root's uid nor root's group.
+pub fn agent_ids(user: &str) -> Result<crate::supervise::Ids, String> {
+    let hint = "the worker runs as root, so agents run as agent_user";
+    if user.trim().is_empty() {
+        return Err(format!(
+            "{hint}: name an unprivileged user (e.g. colibri-agent)"
+        ));
+    }
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(u)) if u.uid.is_root() || u.gid.as_raw() == 0 => Err(format!(
+            "{hint}: {user:?} has uid {} gid {}; it must not be root",
+            u.uid, u.gid
+        )),
+        Ok(Some(u)) => Ok(crate::supervise::Ids {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+        }),
+        Ok(None) => Err(format!(
+            "{hint}: no user {user:?} on this host; create it (useradd --system --user-group --no-create-home --shell /usr/sbin/nologin {user}, as scripts/setup.sh does) or name another"
+        )),
+        Err(e) => Err(format!("{hint}: looking up {user:?}: {e}")),
+    }
+}
 
 /// The worker's flags; each has a `COLIBRI_*` variable. Global, so that they
 /// can be given before or after a subcommand.
@@ -279,6 +334,27 @@ fn secs(
             default
         }
         Some(v) => Duration::from_secs(v.unsigned_abs()),
+    }
+}
+
+/// A size given in MiB, at least `min`, in bytes.
+fn mib(
+    field: &str,
+    value: Option<i64>,
+    default: u64,
+    min: i64,
+    problems: &mut Vec<Problem>,
+) -> u64 {
+    match value {
+        None => default,
+        Some(v) if v < min || v > (1 << 30) => {
+            problems.push(Problem::new(
+                field,
+                format!("must be between {min} and 1073741824 MiB, not {v}"),
+            ));
+            default
+        }
+        Some(v) => v.unsigned_abs() * MIB,
     }
 }
 
@@ -390,6 +466,22 @@ pub fn resolve(text: Option<&str>, flags: &WorkerFlags) -> Result<WorkerConfig, 
             "must name a user when confinement is jail",
         ));
     }
+    if confinement == Confinement::Bwrap && nix::unistd::geteuid().is_root() {
+        if let Err(message) = agent_ids(&agent_user) {
+            problems.push(Problem::new("agent_user", message));
+        }
+    }
+    let mut agent_paths = Vec::new();
+    for path in file.agent_paths.unwrap_or_default() {
+        match std::fs::canonicalize(&path) {
+            Ok(p) if p.parent().is_some() => agent_paths.push(p),
+            Ok(_) => problems.push(Problem::new("agent_paths", "must not hold /")),
+            Err(e) => problems.push(Problem::new(
+                "agent_paths",
+                format!("{}: {e}", path.display()),
+            )),
+        }
+    }
     let keep_workdirs = file.keep_workdirs.unwrap_or(KeepWorkdirs::OnFailure);
 
     let d = Limits::default();
@@ -424,6 +516,32 @@ pub fn resolve(text: Option<&str>, flags: &WorkerFlags) -> Result<WorkerConfig, 
         ),
         spawn_retries,
         spawn_backoff: d.spawn_backoff,
+        memory: mib(
+            "limits.memory_mib",
+            l.memory_mib,
+            d.memory,
+            16,
+            &mut problems,
+        ),
+        pids: match l.pids {
+            None => d.pids,
+            Some(n) if (16..=1_000_000).contains(&n) => n as u32,
+            Some(n) => {
+                problems.push(Problem::new(
+                    "limits.pids",
+                    format!("must be between 16 and 1000000, not {n}"),
+                ));
+                d.pids
+            }
+        },
+        tmp: mib("limits.tmp_mib", l.tmp_mib, d.tmp, 1, &mut problems),
+        workdir: mib(
+            "limits.workdir_mib",
+            l.workdir_mib,
+            d.workdir,
+            1,
+            &mut problems,
+        ),
         shutdown_grace: secs(
             "limits.shutdown_grace_secs",
             l.shutdown_grace_secs,
@@ -474,6 +592,7 @@ pub fn resolve(text: Option<&str>, flags: &WorkerFlags) -> Result<WorkerConfig, 
             confinement,
             network,
             agent_user,
+            agent_paths,
             keep_workdirs,
             limits,
             agents,

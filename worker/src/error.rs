@@ -10,6 +10,9 @@ use broker::provision::ProvisionError;
 pub enum WorkerError {
     #[error("provisioning streams: {0}")]
     Provision(#[from] ProvisionError),
+    /// A root worker confining with bwrap has no usable `agent_user`.
+    #[error("agent_user: {0}")]
+    AgentUser(String),
     #[error("creating the state dir {path}: {source}")]
     StateDir {
         path: std::path::PathBuf,

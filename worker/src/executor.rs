@@ -17,7 +17,7 @@ use crate::config::{Confinement, WorkerConfig};
 use crate::confine::{self, Sandbox};
 use crate::session_output::SessionOutput;
 use crate::supervise::{
-    AttemptLimits, Ending, OutputMode, SpawnSpec, StopRx, Supervised, MARKER_VAR,
+    AttemptLimits, Ending, Ids, LimitGuard, OutputMode, SpawnSpec, StopRx, Supervised, MARKER_VAR,
 };
 use crate::workdir;
 
@@ -38,16 +38,24 @@ pub struct Executor {
     config: Arc<WorkerConfig>,
     /// Where agents' piped output goes (none: output is not read).
     sessions: Option<SessionOutput>,
-    /// What confined agents must not see, resolved once (at the first
+    /// What confined agents see and run as, resolved once (at the first
     /// spawn, when the state dir exists).
-    hidden: Arc<OnceLock<Hidden>>,
+    host: Arc<OnceLock<Host>>,
 }
 
-/// The worker's own paths hidden from confined agents.
+/// What the host offers confined agents, found once.
 #[derive(Debug)]
-struct Hidden {
+struct Host {
+    /// The worker's own paths hidden from confined agents.
     dirs: Vec<PathBuf>,
     files: Vec<PathBuf>,
+    /// The host's system as agents see it (bwrap).
+    system: Vec<confine::bwrap::SystemMount>,
+    /// Where attempts' cgroups are made (Linux; none when no hierarchy
+    /// can hold the limits).
+    cgroups: Option<crate::cgroup::Hierarchy>,
+    /// The user bwrap runs as (a root worker), or why none can be used.
+    agent: Result<Option<Ids>, String>,
 }
 
 /// An attempt that has started.
@@ -77,7 +85,7 @@ impl Executor {
         Executor {
             config,
             sessions: None,
-            hidden: Arc::default(),
+            host: Arc::default(),
         }
     }
 
@@ -87,10 +95,28 @@ impl Executor {
         self
     }
 
-    fn hidden(&self) -> &Hidden {
-        self.hidden.get_or_init(|| Hidden {
-            dirs: existing(std::iter::once(self.config.state_dir.clone())),
-            files: existing(self.config.secret_files()),
+    fn host(&self) -> &Host {
+        self.host.get_or_init(|| {
+            let bwrap = self.config.confinement == Confinement::Bwrap;
+            let cgroups = if bwrap {
+                crate::cgroup::detect()
+            } else {
+                None
+            };
+            if bwrap && cgroups.is_none() {
+                warn!("no cgroup hierarchy can hold agents' memory and process limits here (cgroup v2 without delegated memory and pids, and no writable v1 memory and pids)");
+            }
+            Host {
+                dirs: existing(std::iter::once(self.config.state_dir.clone())),
+                files: existing(self.config.secret_files()),
+                system: if bwrap {
+                    confine::bwrap::system_view()
+                } else {
+                    Vec::new()
+                },
+                cgroups,
+                agent: self.config.agent_ids(),
+            }
         })
     }
 
@@ -129,11 +155,19 @@ impl Executor {
         let spawn_failed = |what: &str, e: &dyn std::fmt::Display| {
             Ending::without_run(Outcome::SpawnFailed, format!("{what}: {e}"))
         };
+        let host = self.host();
+        let agent_ids = host.agent.clone().map_err(|message| {
+            Ending::without_run(Outcome::Rejected, format!("agent_user: {message}"))
+        })?;
         let dir = workdir::create(&cfg.work_root(), &task.id, order.attempt)
             .map_err(|e| spawn_failed("creating the work dir", &e))?;
         let written = controls
             .write_files(&dir)
             .map_err(|e| spawn_failed("writing the agent's mode settings", &e))?;
+        if let Some(ids) = agent_ids {
+            workdir::hand_over(&cfg.state_dir, &dir, &written, ids)
+                .map_err(|e| spawn_failed("handing the work dir to agent_user", &e))?;
+        }
         let marker = uuid::Uuid::new_v4().simple().to_string();
         let mut env: Vec<(String, String)> = vec![
             (
@@ -157,8 +191,27 @@ impl Executor {
             network: task.network.unwrap_or(cfg.network.into()),
             name: format!("colibri_{}_{}", task.id.0.simple(), order.attempt),
             agent_user: cfg.agent_user.clone(),
-            hide_dirs: self.hidden().dirs.clone(),
-            hide_files: self.hidden().files.clone(),
+            hide_dirs: host.dirs.clone(),
+            hide_files: host.files.clone(),
+            system: host.system.clone(),
+            agent_paths: cfg.agent_paths.clone(),
+            tmp_size: Some(cfg.limits.tmp),
+        };
+        let cgroup = match &host.cgroups {
+            Some(hierarchy) => {
+                let limits = crate::cgroup::CgroupLimits {
+                    memory: cfg.limits.memory,
+                    pids: cfg.limits.pids,
+                };
+                match crate::cgroup::AttemptCgroup::create(hierarchy, &sandbox.name, limits) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        workdir::finish(&dir, cfg.keep_workdirs, Outcome::SpawnFailed);
+                        return Err(spawn_failed("making the attempt's cgroup", &e));
+                    }
+                }
+            }
+            None => None,
         };
         if cfg.confinement == Confinement::Jail {
             prepare_jail(&cfg.state_dir, &sandbox, &written, &env)
@@ -172,12 +225,20 @@ impl Executor {
             env,
             workdir: dir.clone(),
             output,
+            user: agent_ids,
+            cgroup_procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
+        };
+        let guard = LimitGuard {
+            cgroup,
+            workdir: dir.clone(),
+            workdir_max: cfg.limits.workdir,
         };
         let spawned = tokio::select! {
             r = spec.spawn(cfg.limits.spawn_retries, cfg.limits.spawn_backoff) => r,
             cause = wait_stop(stop) => {
                 // The try in flight may have created a jail: remove it.
                 crate::supervise::spawn::run_cleanup(&cleanup).await;
+                guard.release().await;
                 workdir::finish(&dir, cfg.keep_workdirs, cause.outcome());
                 return Err(Ending::without_run(cause.outcome(), cause.reason()));
             }
@@ -187,6 +248,7 @@ impl Executor {
             Err(error) => {
                 // Each failed try already ran the clean-up commands.
                 warn!(task_id = %task.id, attempt = order.attempt, %error, "agent could not start");
+                guard.release().await;
                 workdir::finish(&dir, cfg.keep_workdirs, Outcome::SpawnFailed);
                 return Err(Ending::without_run(
                     Outcome::SpawnFailed,
@@ -201,11 +263,13 @@ impl Executor {
         // A pid namespace (bwrap) or a jail takes every process down with it.
         let contained = cfg.confinement != Confinement::Unconfined;
         let Some(agent) = Supervised::new(child, marker, contained, cleanup, plan) else {
+            guard.release().await;
             return Err(Ending::without_run(
                 Outcome::SpawnFailed,
                 "the agent exited before it could be supervised",
             ));
         };
+        let agent = agent.with_limits(guard);
         info!(task_id = %task.id, attempt = order.attempt, agent = %invocation.agent, pid = agent.pid(), "agent started");
         let secs = |s: Option<u64>| s.map(Duration::from_secs);
         let limits = AttemptLimits {

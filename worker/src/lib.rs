@@ -13,10 +13,12 @@
 //! - [`executor`]: what runs an order (real agents, or the bench no-op);
 //! - [`reports`] and [`presence`]: at-least-once reports and heartbeats;
 //! - [`orders`]: the durable order feed; [`runner`]: the daemon's main loop.
-#![forbid(unsafe_code)]
+// `unsafe` lives in one place: the pre-exec hook of `supervise::child`.
+#![deny(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod agent_controls;
+pub mod cgroup;
 pub mod config;
 pub mod confine;
 pub mod cost;

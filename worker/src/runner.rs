@@ -42,6 +42,9 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
+    // A root worker never runs an agent as root: it refuses to start
+    // without a usable agent_user.
+    config.agent_ids().map_err(WorkerError::AgentUser)?;
     let config = Arc::new(config);
     let root = config.work_root();
     std::fs::create_dir_all(&root).map_err(|source| WorkerError::StateDir {

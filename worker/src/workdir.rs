@@ -58,6 +58,25 @@ pub fn give_to(dir: &Path, user: &str) -> io::Result<()> {
     nix::unistd::chown(dir, Some(user.uid), Some(user.gid)).map_err(io::Error::from)
 }
 
+/// Hands an attempt's work dir (and the files the worker wrote into it) to
+/// the agent user that bwrap runs as under a root worker, after giving the
+/// state dir the modes [`open_for_jail`] gives it: bwrap, as that user, must
+/// pass through the state dir to bind the work dir, and may list nothing.
+pub fn hand_over(
+    state_dir: &Path,
+    dir: &Path,
+    written: &[PathBuf],
+    ids: crate::supervise::Ids,
+) -> io::Result<()> {
+    open_for_jail(state_dir)?;
+    let uid = Some(nix::unistd::Uid::from_raw(ids.uid));
+    let gid = Some(nix::unistd::Gid::from_raw(ids.gid));
+    for path in std::iter::once(dir).chain(written.iter().map(PathBuf::as_path)) {
+        nix::unistd::chown(path, uid, gid).map_err(io::Error::from)?;
+    }
+    Ok(())
+}
+
 /// Applies the policy once the attempt has ended.
 pub fn finish(dir: &Path, policy: KeepWorkdirs, outcome: Outcome) {
     let keep = match policy {

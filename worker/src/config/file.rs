@@ -23,6 +23,7 @@ pub(super) struct FileConfig {
     pub(super) confinement: Option<Confinement>,
     pub(super) network: Option<Network>,
     pub(super) agent_user: Option<String>,
+    pub(super) agent_paths: Option<Vec<PathBuf>>,
     pub(super) keep_workdirs: Option<KeepWorkdirs>,
     pub(super) limits: LimitsFile,
     pub(super) nats: NatsFile,
@@ -38,6 +39,10 @@ pub(super) struct LimitsFile {
     pub(super) kill_grace_secs: Option<i64>,
     pub(super) spawn_retries: Option<i64>,
     pub(super) shutdown_grace_secs: Option<i64>,
+    pub(super) memory_mib: Option<i64>,
+    pub(super) pids: Option<i64>,
+    pub(super) tmp_mib: Option<i64>,
+    pub(super) workdir_mib: Option<i64>,
 }
 
 pub(super) fn parse_file(text: &str, problems: &mut Vec<Problem>) -> FileConfig {
@@ -60,6 +65,7 @@ pub(super) fn parse_file(text: &str, problems: &mut Vec<Problem>) -> FileConfig 
             "confinement" => file.confinement = field(&key, value, p),
             "network" => file.network = field(&key, value, p),
             "agent_user" => file.agent_user = field(&key, value, p),
+            "agent_paths" => file.agent_paths = field(&key, value, p),
             "keep_workdirs" => file.keep_workdirs = field(&key, value, p),
             "nats" => file.nats = typed_table(&key, value, p),
             "log" => file.log = typed_table(&key, value, p),
@@ -73,6 +79,10 @@ pub(super) fn parse_file(text: &str, problems: &mut Vec<Problem>) -> FileConfig 
                         "kill_grace_secs" => &mut file.limits.kill_grace_secs,
                         "spawn_retries" => &mut file.limits.spawn_retries,
                         "shutdown_grace_secs" => &mut file.limits.shutdown_grace_secs,
+                        "memory_mib" => &mut file.limits.memory_mib,
+                        "pids" => &mut file.limits.pids,
+                        "tmp_mib" => &mut file.limits.tmp_mib,
+                        "workdir_mib" => &mut file.limits.workdir_mib,
                         _ => {
                             p.push(Problem::new(name, "unknown key"));
                             continue;

@@ -121,6 +121,9 @@ mod tests {
             agent_user: "colibri-agent".into(),
             hide_dirs: Vec::new(),
             hide_files: Vec::new(),
+            system: Vec::new(),
+            agent_paths: Vec::new(),
+            tmp_size: None,
         }
     }
 

@@ -13,6 +13,8 @@
 
 pub mod bwrap;
 pub mod jail;
+#[cfg(target_os = "linux")]
+pub mod seccomp;
 pub mod unconfined;
 
 use std::path::PathBuf;
@@ -29,7 +31,8 @@ pub struct Sandbox {
     pub network: NetworkPolicy,
     /// A name unique to the attempt (the jail's name and hostname).
     pub name: String,
-    /// FreeBSD: the unprivileged user the agent runs as.
+    /// The unprivileged user the agent runs as (FreeBSD: `jexec -U`;
+    /// Linux: the user bwrap is started as when the worker is root).
     pub agent_user: String,
     /// Linux: directories the agent must not see (the worker's state dir:
     /// other attempts' work dirs and transcripts), each under an empty
@@ -39,6 +42,13 @@ pub struct Sandbox {
     /// agent's API keys, its NATS seed or credentials, its TLS key), each
     /// covered by `/dev/null`. Absolute, existing.
     pub hide_files: Vec<PathBuf>,
+    /// Linux: what of the host's system the agent sees ([`bwrap::system_view`]).
+    pub system: Vec<bwrap::SystemMount>,
+    /// Host trees shown read-only where the agent's programs are installed
+    /// (the worker's `agent_paths`). Absolute, existing.
+    pub agent_paths: Vec<PathBuf>,
+    /// Linux: the size of the fresh `/tmp`, in bytes.
+    pub tmp_size: Option<u64>,
 }
 
 /// The commands that run one confined agent.
@@ -51,24 +61,9 @@ pub struct Launch {
     /// Run when the attempt ends, whatever happened (e.g. `jail -r`), and
     /// after each try that ran `before` but did not start the agent.
     pub after: Vec<Vec<String>>,
-    /// bwrap: where in `argv` its status fds go ([`bwrap::STATUS_FD_SLOTS`]);
-    /// each try fills in the fds of its own pipes.
-    pub status_fd_slots: Option<[usize; 2]>,
-}
-
-impl Launch {
-    /// `argv` with the status fds filled in (unchanged without slots).
-    pub fn argv_with(&self, fds: bwrap::StatusFds) -> Vec<String> {
-        let mut argv = self.argv.clone();
-        if let Some([info, json_status]) = self.status_fd_slots {
-            for (at, fd) in [(info, fds.info), (json_status, fds.json_status)] {
-                if let Some(slot) = argv.get_mut(at) {
-                    *slot = fd.to_string();
-                }
-            }
-        }
-        argv
-    }
+    /// bwrap: the spawn hands it its status pipes and seccomp programs at
+    /// the fds its argv names ([`bwrap::INFO_FD`], ...) and checks its set-up.
+    pub bwrap: bool,
 }
 
 /// The launch of `agent_argv` under `confinement` (the environment goes
@@ -77,21 +72,21 @@ pub fn launch(confinement: Confinement, sandbox: &Sandbox, agent_argv: &[String]
     match confinement {
         Confinement::Bwrap => Launch {
             before: Vec::new(),
-            argv: bwrap::argv(sandbox, agent_argv, bwrap::StatusFds::UNSET),
+            argv: bwrap::argv(sandbox, agent_argv),
             after: Vec::new(),
-            status_fd_slots: Some(bwrap::STATUS_FD_SLOTS),
+            bwrap: true,
         },
         Confinement::Jail => Launch {
             before: vec![jail::create_argv(sandbox)],
             argv: jail::exec_argv(sandbox, agent_argv),
             after: vec![jail::remove_argv(sandbox)],
-            status_fd_slots: None,
+            bwrap: false,
         },
         Confinement::Unconfined => Launch {
             before: Vec::new(),
             argv: unconfined::argv(agent_argv),
             after: Vec::new(),
-            status_fd_slots: None,
+            bwrap: false,
         },
     }
 }
@@ -101,7 +96,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bwrap_launch_fills_in_each_tries_status_fds() {
+    fn only_bwrap_launches_get_status_pipes_and_seccomp() {
         let sandbox = Sandbox {
             workdir: PathBuf::from("/w"),
             network: NetworkPolicy::None,
@@ -109,19 +104,16 @@ mod tests {
             agent_user: "agent".into(),
             hide_dirs: Vec::new(),
             hide_files: Vec::new(),
+            system: Vec::new(),
+            agent_paths: Vec::new(),
+            tmp_size: None,
         };
         let agent = ["true".to_string()];
-        let launch = launch(Confinement::Bwrap, &sandbox, &agent);
-        let fds = bwrap::StatusFds {
-            info: 9,
-            json_status: 12,
-        };
-        assert_eq!(launch.argv_with(fds), bwrap::argv(&sandbox, &agent, fds));
-        let plain = launch_plain(&sandbox, &agent);
-        assert_eq!(plain.argv_with(fds), plain.argv);
-    }
-
-    fn launch_plain(sandbox: &Sandbox, agent: &[String]) -> Launch {
-        launch(Confinement::Unconfined, sandbox, agent)
+        let boxed = launch(Confinement::Bwrap, &sandbox, &agent);
+        assert!(boxed.bwrap);
+        assert_eq!(boxed.argv, bwrap::argv(&sandbox, &agent));
+        let plain = launch(Confinement::Unconfined, &sandbox, &agent);
+        assert!(!plain.bwrap);
+        assert_eq!(plain.argv, agent);
     }
 }

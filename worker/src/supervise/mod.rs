@@ -7,7 +7,9 @@
 //! - [`sandbox_status`]: bwrap's report that its sandbox runs the agent;
 //! - [`procfs`]: the process table the killer reads.
 
+pub mod child;
 pub mod kill;
+pub mod limits;
 pub mod procfs;
 pub mod sandbox_status;
 pub mod spawn;
@@ -21,7 +23,9 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use crate::session_output::{Session, SessionPlan};
+pub use child::Ids;
 pub use kill::{Tree, MARKER_VAR};
+pub use limits::LimitGuard;
 pub use spawn::{OutputMode, SpawnError, SpawnSpec};
 
 /// Why an agent is being stopped from outside.
@@ -105,6 +109,8 @@ pub struct Supervised {
     /// not piped to the worker (`spawn-local`).
     session: Option<Session>,
     cleanup: Vec<Vec<String>>,
+    /// The attempt's resource limits, watched while it runs.
+    guard: Option<LimitGuard>,
 }
 
 impl Supervised {
@@ -136,7 +142,15 @@ impl Supervised {
             },
             session,
             cleanup,
+            guard: None,
         })
+    }
+
+    /// Watches `guard`'s limits while the agent runs; crossing one ends
+    /// the attempt `failed`, naming the limit.
+    pub fn with_limits(mut self, guard: LimitGuard) -> Supervised {
+        self.guard = Some(guard);
+        self
     }
 
     /// When the agent last printed a line (its start, without a session).
@@ -181,6 +195,9 @@ impl Supervised {
                 reason = budget_stop(&mut self.session) => {
                     break End::Forced(Outcome::BudgetExceeded, reason);
                 }
+                reason = limit_crossed(&self.guard) => {
+                    break End::Forced(Outcome::Failed, reason);
+                }
                 changed = stop.changed(), if stop_open => {
                     if changed.is_err() {
                         stop_open = false;
@@ -222,6 +239,16 @@ impl Supervised {
         } else {
             self.tree.kill(grace).await;
         }
+        // A limit that fired as the agent ended (an OOM kill ends it at once)
+        // decides over how it exited.
+        let crossed = match (&self.guard, &forced) {
+            (Some(guard), None) => guard.check_now().await,
+            _ => None,
+        };
+        let forced = forced.or(crossed.clone().map(|r| (Outcome::Failed, r)));
+        if let Some(guard) = &self.guard {
+            guard.release().await;
+        }
         let status = match status {
             Some(s) => Some(s),
             None => tokio::time::timeout(Duration::from_secs(5), self.child.wait())
@@ -252,6 +279,7 @@ impl Supervised {
             "agent ended"
         );
         let (outcome, reason) = match (&summary, forced) {
+            (_, Some((outcome, reason))) if crossed.is_some() => (outcome, Some(reason)),
             (Some(s), _) => (s.outcome, s.reason.clone()),
             (None, Some((outcome, reason))) => (outcome, Some(reason)),
             (None, None) => judge(exit_code, signal),
@@ -292,6 +320,14 @@ pub fn judge(exit_code: Option<i32>, signal: Option<i32>) -> (Outcome, Option<St
         (Some(code), _) => (Outcome::Failed, Some(format!("exited with status {code}"))),
         (None, Some(sig)) => (Outcome::Failed, Some(format!("killed by signal {sig}"))),
         (None, None) => (Outcome::Failed, Some("exit status unknown".to_string())),
+    }
+}
+
+/// The reason once `guard`'s limit is crossed; never without a guard.
+async fn limit_crossed(guard: &Option<LimitGuard>) -> String {
+    match guard {
+        Some(g) => g.crossed().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -14,96 +14,50 @@
 //! that the set-up failed. The status pipe is then drained until bwrap exits,
 //! so that its last write never meets a closed pipe (SIGPIPE would kill it).
 //!
-//! The write ends are inheritable only between [`StatusPipes::spawn_with`]'s
-//! lock and their close; every spawn of the worker takes [`spawn_lock`], so
-//! no other child (another task's sandbox) inherits them.
+//! The pipes are close-on-exec in the worker from the moment they exist;
+//! bwrap gets its copies of the write ends at fixed numbers, by `dup2` in
+//! its own fd table between fork and exec ([`super::child`]), so no other
+//! child of the worker can inherit them. (They used to be made inheritable
+//! under a lock that was released before they were closed: a bwrap started
+//! at that moment by another attempt held the first one's `--info-fd`, and
+//! the first sandbox "did not set up" and was started twice.)
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::fcntl::OFlag;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::unix::pipe;
 use tokio::process::Child;
 use tracing::debug;
 
-use crate::confine::bwrap::StatusFds;
+use super::child::ChildSetup;
+use crate::confine::bwrap::{INFO_FD, JSON_STATUS_FD};
 
 /// How often the sandbox is looked at while bwrap sets it up.
 const POLL: Duration = Duration::from_millis(1);
 
-static SPAWN_LOCK: Mutex<()> = Mutex::new(());
-
-/// Held around every spawn of the worker (see the module docs).
-pub fn spawn_lock() -> MutexGuard<'static, ()> {
-    SPAWN_LOCK.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The two pipes of one spawn try.
-#[derive(Debug)]
-pub struct StatusPipes {
-    info: (OwnedFd, OwnedFd),
-    json_status: (OwnedFd, OwnedFd),
-}
-
-/// The worker's ends, once bwrap is spawned.
+/// The worker's read ends of one spawn try's status pipes.
 #[derive(Debug)]
 pub struct StatusReaders {
     info: OwnedFd,
     json_status: OwnedFd,
 }
 
-impl StatusPipes {
-    pub fn new() -> io::Result<StatusPipes> {
-        Ok(StatusPipes {
-            info: pipe_above_stdio()?,
-            json_status: pipe_above_stdio()?,
-        })
-    }
-
-    /// The numbers bwrap sees (inherited fds keep their numbers).
-    pub fn fds(&self) -> StatusFds {
-        StatusFds {
-            info: self.info.1.as_raw_fd(),
-            json_status: self.json_status.1.as_raw_fd(),
-        }
-    }
-
-    /// Spawns with `spawn`, the write ends inheritable only meanwhile, and
-    /// closes them in the worker.
-    pub fn spawn_with<T>(
-        self,
-        spawn: impl FnOnce() -> io::Result<T>,
-    ) -> io::Result<(T, StatusReaders)> {
-        let _lock = spawn_lock();
-        for fd in [&self.info.1, &self.json_status.1] {
-            fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).map_err(io::Error::from)?;
-        }
-        let spawned = spawn()?;
-        let readers = StatusReaders {
-            info: self.info.0,
-            json_status: self.json_status.0,
-        };
-        // The write ends (`self.info.1`, ...) close here, under the lock.
-        Ok((spawned, readers))
-    }
-}
-
-/// A close-on-exec pipe whose fds are not 0 to 2 (which the child's stdio
-/// takes over).
-fn pipe_above_stdio() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
-    let above = |fd: OwnedFd| {
-        if fd.as_raw_fd() > 2 {
-            Ok(fd)
-        } else {
-            fd.try_clone()
-        }
-    };
-    Ok((above(r)?, above(w)?))
+/// Makes the two status pipes, hands their write ends to `setup` (at
+/// [`INFO_FD`] and [`JSON_STATUS_FD`] in the child), and returns the read
+/// ends.
+pub fn status_pipes(setup: &mut ChildSetup) -> io::Result<StatusReaders> {
+    let (info_r, info_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    let (status_r, status_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    setup.pass(info_w, INFO_FD)?;
+    setup.pass(status_w, JSON_STATUS_FD)?;
+    Ok(StatusReaders {
+        info: info_r,
+        json_status: status_r,
+    })
 }
 
 impl StatusReaders {
@@ -255,11 +209,21 @@ mod tests {
     }
 
     #[test]
-    fn status_fds_are_above_stdio_and_close_on_exec() {
-        let pipes = StatusPipes::new().unwrap();
-        let fds = pipes.fds();
-        assert!(fds.info > 2 && fds.json_status > 2);
-        let flags = fcntl(&pipes.info.1, FcntlArg::F_GETFD).unwrap();
-        assert_ne!(flags & nix::libc::FD_CLOEXEC, 0);
+    fn status_pipes_stay_close_on_exec_in_the_worker() {
+        use nix::fcntl::{fcntl, FcntlArg};
+        use std::os::fd::AsRawFd;
+        let mut setup = ChildSetup::default();
+        let readers = status_pipes(&mut setup).unwrap();
+        for fd in [&readers.info, &readers.json_status] {
+            let flags = fcntl(fd, FcntlArg::F_GETFD).unwrap();
+            assert_ne!(flags & nix::libc::FD_CLOEXEC, 0);
+        }
+        for (fd, _) in &setup.pass {
+            let flags = fcntl(fd, FcntlArg::F_GETFD).unwrap();
+            assert_ne!(flags & nix::libc::FD_CLOEXEC, 0);
+            assert!(fd.as_raw_fd() >= super::super::child::FIRST_SOURCE_FD);
+        }
+        let targets: Vec<i32> = setup.pass.iter().map(|(_, t)| *t).collect();
+        assert_eq!(targets, [INFO_FD, JSON_STATUS_FD]);
     }
 }

@@ -21,7 +21,8 @@ use backon::{ExponentialBuilder, Retryable};
 use tokio::process::{Child, Command};
 use tracing::warn;
 
-use super::sandbox_status::{spawn_lock, StatusPipes};
+use super::child::{ChildSetup, Ids};
+use super::sandbox_status::status_pipes;
 use crate::config::find_program_in;
 use crate::confine::Launch;
 
@@ -45,6 +46,11 @@ pub struct SpawnSpec {
     /// The launcher's working directory.
     pub workdir: PathBuf,
     pub output: OutputMode,
+    /// The user the launcher runs as, when the worker is root (bwrap then
+    /// makes its own user namespace as that user).
+    pub user: Option<Ids>,
+    /// The attempt's `cgroup.procs` files, joined before exec.
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 /// Why an agent could not be started.
@@ -102,18 +108,32 @@ impl SpawnSpec {
 
     /// Spawns the launcher; under bwrap, waits until its sandbox runs the agent.
     async fn start(&self) -> Result<Child, SpawnError> {
-        let pipes = match self.launch.status_fd_slots {
-            Some(_) => Some(StatusPipes::new().map_err(|e| SpawnError::Io {
-                program: "status pipe".into(),
+        let io_error = |what: &str| {
+            let what = what.to_string();
+            move |e: std::io::Error| SpawnError::Io {
+                program: what,
                 message: e.to_string(),
-            })?),
-            None => None,
+            }
         };
-        let argv = match &pipes {
-            Some(p) => self.launch.argv_with(p.fds()),
-            None => self.launch.argv.clone(),
+        let mut setup = ChildSetup {
+            user: self.user,
+            ..ChildSetup::default()
         };
-        let Some((program, args)) = argv.split_first() else {
+        for path in &self.cgroup_procs {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io_error(&path.display().to_string()))?;
+            setup.cgroups.push(file.into());
+        }
+        let readers = if self.launch.bwrap {
+            let readers = status_pipes(&mut setup).map_err(io_error("status pipe"))?;
+            pass_seccomp(&mut setup).map_err(io_error("seccomp"))?;
+            Some(readers)
+        } else {
+            None
+        };
+        let Some((program, args)) = self.launch.argv.split_first() else {
             return Err(SpawnError::NotFound {
                 program: String::new(),
             });
@@ -132,7 +152,11 @@ impl SpawnSpec {
             .stderr(stderr)
             .process_group(0)
             .kill_on_drop(true);
-        let spawn_error = |e: std::io::Error| match e.kind() {
+        setup.install(&mut cmd);
+        let spawned = cmd.spawn();
+        // Closes the worker's copies of the fds passed to the child.
+        drop(cmd);
+        let mut child = spawned.map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => SpawnError::NotFound {
                 program: program.clone(),
             },
@@ -140,12 +164,10 @@ impl SpawnSpec {
                 program: program.clone(),
                 message: e.to_string(),
             },
+        })?;
+        let Some(readers) = readers else {
+            return Ok(child);
         };
-        let Some(pipes) = pipes else {
-            let _lock = spawn_lock();
-            return cmd.spawn().map_err(spawn_error);
-        };
-        let (mut child, readers) = pipes.spawn_with(|| cmd.spawn()).map_err(spawn_error)?;
         match readers.check(&mut child, SANDBOX_SETUP_LIMIT).await {
             Ok(()) => Ok(child),
             Err(message) => Err(SpawnError::Sandbox { message }),
@@ -169,6 +191,30 @@ impl SpawnSpec {
     }
 }
 
+/// Hands bwrap its seccomp programs, each in a pipe of its own at the fd
+/// its argv names ([`crate::confine::bwrap::SECCOMP_FDS`]).
+#[cfg(target_os = "linux")]
+fn pass_seccomp(setup: &mut ChildSetup) -> std::io::Result<()> {
+    use std::io::Write;
+    let programs = crate::confine::seccomp::programs()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+    for (program, target) in programs.iter().zip(crate::confine::bwrap::SECCOMP_FDS) {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        // A program is a few hundred bytes: it fits in the pipe's buffer.
+        std::fs::File::from(write).write_all(program)?;
+        setup.pass(read, target)?;
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pass_seccomp(_setup: &mut ChildSetup) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "bwrap needs Linux",
+    ))
+}
+
 async fn run_setup(argv: &[String]) -> Result<(), SpawnError> {
     let Some((program, args)) = argv.split_first() else {
         return Ok(());
@@ -182,10 +228,9 @@ async fn run_setup(argv: &[String]) -> Result<(), SpawnError> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = {
-        let _lock = spawn_lock();
-        cmd.spawn()
-    };
+    ChildSetup::default().install(&mut cmd);
+    let child = cmd.spawn();
+    drop(cmd);
     let out = child
         .map_err(|e| setup_error(e.to_string()))?
         .wait_with_output()
@@ -218,12 +263,14 @@ mod tests {
                 before: vec![],
                 argv: vec![program.into()],
                 after: vec![],
-                status_fd_slots: None,
+                bwrap: false,
             },
             agent_program: program.into(),
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             workdir: std::env::temp_dir(),
             output: OutputMode::Piped,
+            user: None,
+            cgroup_procs: Vec::new(),
         }
     }
 
@@ -263,7 +310,7 @@ mod tests {
             before: vec![sh(&format!("echo create >> {log}; {create}"))],
             argv: vec![launcher.into()],
             after: vec![sh(&format!("echo remove >> {log}"))],
-            status_fd_slots: None,
+            bwrap: false,
         };
         spec
     }
@@ -333,13 +380,16 @@ mod tests {
             agent_user: String::new(),
             hide_dirs: Vec::new(),
             hide_files: Vec::new(),
+            system: crate::confine::bwrap::system_view(),
+            agent_paths: Vec::new(),
+            tmp_size: None,
         };
         let mut launch = crate::confine::launch(
             crate::config::Confinement::Bwrap,
             &sandbox,
             &[agent.to_string()],
         );
-        let at = 1 + crate::confine::bwrap::STATUS_FD_SLOTS[1];
+        let at = 1 + crate::confine::bwrap::FD_ARGS;
         let extra = extra.iter().map(|s| s.to_string());
         launch.argv.splice(at..at, extra);
         let mut spec = spec(agent);
