@@ -255,3 +255,48 @@ async fn bwrap_setup_error_is_a_spawn_failure_after_retries() -> anyhow::Result<
     assert_eq!(std::fs::read_to_string(&tries)?.lines().count(), 3);
     Ok(())
 }
+
+/// Regression (issue 12, item 3): the status pipes' write ends were made
+/// inheritable under a lock released before they were closed, so a bwrap
+/// started at that moment by another attempt inherited the first one's
+/// `--info-fd`; the first sandbox then "did not set up within 10000 ms" and
+/// the attempt was started again while it still ran. A burst of confined
+/// starts must start each attempt exactly once, every one succeeding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_confined_starts_do_not_share_status_pipes() -> anyhow::Result<()> {
+    if !bwrap_works() {
+        return Ok(());
+    }
+    let mut fleet = Fleet::start().await?;
+    let w = fleet
+        .worker("burst", |cfg| {
+            confined(cfg);
+            cfg.slots = 24;
+            cfg.limits.spawn_retries = 0;
+        })
+        .await?;
+    let tasks: Vec<_> = (0..24)
+        .map(|_| command_task(&["/bin/sh", "-c", "ls /proc/self/fd > fds.txt"]))
+        .collect();
+    for task in &tasks {
+        fleet.run(&w.id, task, 1).await?;
+    }
+    for task in &tasks {
+        let (outcome, _, reason) = fleet.finished(task).await?;
+        assert_eq!(outcome, Outcome::Succeeded, "{reason}");
+        let fds = std::fs::read_to_string(w.workdir(task, 1).join("fds.txt"))?;
+        // 0-2, and the one `ls` opened on the directory it lists.
+        let extra: Vec<&str> = fds
+            .split_whitespace()
+            .filter(|fd| !["0", "1", "2", "3"].contains(fd))
+            .collect();
+        assert!(extra.is_empty(), "the agent holds fds {extra:?}");
+    }
+    let started = fleet
+        .seen_reports
+        .iter()
+        .filter(|r| r.body.kind() == "started")
+        .count();
+    assert_eq!(started, tasks.len(), "an attempt started twice");
+    Ok(())
+}

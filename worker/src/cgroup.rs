@@ -127,13 +127,43 @@ pub fn detect() -> Option<Hierarchy> {
         root,
         v1_mounted,
     )?;
-    if let Hierarchy::V2 { base } = &chosen {
-        if let Err(error) = enable_v2(base) {
-            warn!(%error, base = %base.display(), "cgroup v2: cannot enable memory and pids for attempts");
-            return None;
+    match chosen {
+        Hierarchy::V2 { base } => match enable_v2(&base) {
+            Ok(()) => Some(Hierarchy::V2 { base }),
+            Err(error) => {
+                warn!(%error, base = %base.display(), "cgroup v2: cannot enable memory and pids for attempts");
+                None
+            }
+        },
+        Hierarchy::V1 { memory, pids } => {
+            // The worker's own cgroups when it may make children there (root),
+            // else the ones an administrator delegated to its user.
+            let usable = |own: PathBuf, controller: &str| {
+                [own, root.join(controller).join(V1_DELEGATED)]
+                    .into_iter()
+                    .find(|dir| can_make_children(dir))
+            };
+            Some(Hierarchy::V1 {
+                memory: usable(memory, "memory")?,
+                pids: usable(pids, "pids")?,
+            })
         }
     }
-    Some(chosen)
+}
+
+/// The cgroup v1 dir, in each of the `memory` and `pids` hierarchies, that
+/// an administrator hands to an unprivileged worker's user (`mkdir`, then
+/// `chown` the dir, its `cgroup.procs` and `tasks`): see docs/CONFIG.md.
+pub const V1_DELEGATED: &str = "colibri";
+
+/// True when a child cgroup can be made (and removed) under `dir`.
+fn can_make_children(dir: &Path) -> bool {
+    let probe = dir.join(format!("colibri-probe-{}", std::process::id()));
+    let made = std::fs::create_dir(&probe).is_ok();
+    if made {
+        let _ = std::fs::remove_dir(&probe);
+    }
+    made
 }
 
 /// The v2 "no internal processes" rule: a cgroup with processes cannot

@@ -61,6 +61,16 @@ struct Args {
     /// Try to connect to this TCP address; exit 4 when that fails.
     #[arg(long)]
     connect: Option<String>,
+    /// Try to connect to this unix socket; exit 5 when that fails.
+    #[arg(long = "connect-unix")]
+    connect_unix: Option<PathBuf>,
+    /// Try to attach to this pid with ptrace (0: the parent); exit 6 when
+    /// that fails.
+    #[arg(long)]
+    ptrace: Option<i32>,
+    /// Allocate and touch this many MiB, and hold them until the end.
+    #[arg(long = "alloc-mib")]
+    alloc_mib: Option<usize>,
     /// Write this process's pid, then each grandchild's, one per line.
     #[arg(long)]
     pidfile: Option<PathBuf>,
@@ -183,6 +193,30 @@ fn run(args: &Args) -> std::io::Result<u8> {
             eprintln!("connect {addr}: failed");
             return Ok(4);
         }
+    }
+    if let Some(path) = &args.connect_unix {
+        if let Err(e) = std::os::unix::net::UnixStream::connect(path) {
+            eprintln!("connect {}: {e}", path.display());
+            return Ok(5);
+        }
+    }
+    if let Some(pid) = args.ptrace {
+        let pid = match pid {
+            0 => nix::unistd::getppid(),
+            p => nix::unistd::Pid::from_raw(p),
+        };
+        if let Err(e) = nix::sys::ptrace::attach(pid) {
+            eprintln!("ptrace attach {pid}: {e}");
+            return Ok(6);
+        }
+    }
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    if let Some(mib) = args.alloc_mib {
+        for _ in 0..mib {
+            // Touched, so that the pages are really there.
+            held.push(vec![1u8; 1 << 20]);
+        }
+        eprintln!("holding {} MiB", held.len());
     }
     emit(&mut out, json!({"type": "agent_start"}))?;
     emit(&mut out, json!({"type": "turn_start"}))?;

@@ -14,7 +14,8 @@
 //! Order matters: the system dirs first, then their secret covers, then the
 //! fresh `/tmp`, the worker's own hidden paths (those in sight), the agent's
 //! program and install trees, and the work dir last, so that a work dir
-//! under a hidden dir stays visible while nothing else of the worker's is.
+//! under a hidden dir stays visible while nothing else of the worker's is;
+//! then the sandbox's root is made read-only.
 //!
 //! bwrap reports on its set-up through two fds: `--info-fd` gets the
 //! sandbox's `child-pid` and reaches end of file once the sandboxed child
@@ -197,6 +198,10 @@ pub fn argv(sandbox: &Sandbox, agent_argv: &[String]) -> Vec<String> {
         }
     }
     argv.extend(["--bind".into(), workdir.clone(), workdir.clone()]);
+    // The sandbox's own root (a tmpfs holding the mount points, and the
+    // dirs bwrap made on the way to the work dir) read-only: nothing is
+    // written outside the work dir and /tmp, not even into memory.
+    argv.extend(["--remount-ro".into(), "/".into()]);
     argv.extend(
         [
             "--unshare-user",
@@ -276,7 +281,7 @@ mod tests {
             ],
         );
         let mut want = words(&format!(
-            "{HEAD} --bind /var/db/colibri-worker/work/t-1 /var/db/colibri-worker/work/t-1 \
+            "{HEAD} --bind /var/db/colibri-worker/work/t-1 /var/db/colibri-worker/work/t-1 --remount-ro / \
             --unshare-user --disable-userns --unshare-pid --unshare-ipc --unshare-uts --unshare-cgroup-try \
             --unshare-net --cap-drop ALL --die-with-parent --new-session \
             --chdir /var/db/colibri-worker/work/t-1 -- pi --mode json"
@@ -289,7 +294,7 @@ mod tests {
     fn bwrap_argv_with_host_network() {
         let got = argv(&sandbox(NetworkPolicy::Host), &["true".into()]);
         let want = words(&format!(
-            "{HEAD} --bind /var/db/colibri-worker/work/t-1 /var/db/colibri-worker/work/t-1 \
+            "{HEAD} --bind /var/db/colibri-worker/work/t-1 /var/db/colibri-worker/work/t-1 --remount-ro / \
             --unshare-user --disable-userns --unshare-pid --unshare-ipc --unshare-uts --unshare-cgroup-try \
             --cap-drop ALL --die-with-parent --new-session \
             --chdir /var/db/colibri-worker/work/t-1 -- true"
@@ -312,7 +317,7 @@ mod tests {
         // /var and /home are not shown at all: nothing to cover there.
         let want = words(&format!(
             "{HEAD} --tmpfs /etc/colibri-state --ro-bind /dev/null /etc/colibri/worker.toml \
-            --bind /var/db/colibri-worker/work/t-1 /var/db/colibri-worker/work/t-1 \
+            --bind /var/db/colibri-worker/work/t-1 /var/db/colibri-worker/work/t-1 --remount-ro / \
             --unshare-user --disable-userns --unshare-pid --unshare-ipc --unshare-uts --unshare-cgroup-try \
             --cap-drop ALL --die-with-parent --new-session \
             --chdir /var/db/colibri-worker/work/t-1 -- true"
@@ -328,7 +333,7 @@ mod tests {
         let want = words(&format!(
             "{HEAD} --ro-bind /home/op/.npm-global /home/op/.npm-global \
             --ro-bind /tmp/ci/target/debug/agent /tmp/ci/target/debug/agent \
-            --bind /var/db/colibri-worker/work/t-1 /var/db/colibri-worker/work/t-1 \
+            --bind /var/db/colibri-worker/work/t-1 /var/db/colibri-worker/work/t-1 --remount-ro / \
             --unshare-user --disable-userns --unshare-pid --unshare-ipc --unshare-uts --unshare-cgroup-try \
             --cap-drop ALL --die-with-parent --new-session \
             --chdir /var/db/colibri-worker/work/t-1 -- /tmp/ci/target/debug/agent x"
