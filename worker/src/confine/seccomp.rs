@@ -91,8 +91,7 @@ pub const NAMESPACE_FLAGS: &[(&str, i32)] = &[
 ];
 
 /// `ioctl` requests refused: faking terminal input and the console's.
-pub const DENIED_IOCTLS: &[(&str, u64)] =
-    &[("TIOCSTI", libc::TIOCSTI as u64), ("TIOCLINUX", 0x541C)];
+pub const DENIED_IOCTLS: &[(&str, u64)] = &[("TIOCSTI", libc::TIOCSTI), ("TIOCLINUX", 0x541C)];
 
 fn arch() -> Result<TargetArch, SeccompError> {
     TargetArch::try_from(std::env::consts::ARCH)
