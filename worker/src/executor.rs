@@ -217,7 +217,15 @@ impl Executor {
             prepare_jail(&cfg.state_dir, &sandbox, &written, &env)
                 .map_err(|(what, e)| spawn_failed(what, &e))?;
         }
-        let launch = confine::launch(cfg.confinement, &sandbox, &invocation.argv);
+        let mut launch = confine::launch(cfg.confinement, &sandbox, &invocation.argv);
+        if cfg.confinement == Confinement::Jail {
+            // rctl(8): the jail's memory and process limits.
+            let (memory, pids) = (cfg.limits.memory, cfg.limits.pids);
+            launch
+                .before
+                .push(confine::jail::rctl_add_argv(&sandbox, memory, pids));
+            launch.after.push(confine::jail::rctl_remove_argv(&sandbox));
+        }
         let cleanup = launch.after.clone();
         let spec = SpawnSpec {
             agent_program: invocation.argv.first().cloned().unwrap_or_default(),

@@ -103,6 +103,23 @@ pub fn exec_argv(sandbox: &Sandbox, agent_argv: &[String]) -> Vec<String> {
     argv
 }
 
+/// `rctl -a ...`: the attempt's memory and process limits on its jail, run
+/// right after `jail -c` (rctl needs `kern.racct.enable=1` in
+/// `/boot/loader.conf`; docs/CONFIG.md says so).
+pub fn rctl_add_argv(sandbox: &Sandbox, memory: u64, pids: u32) -> Vec<String> {
+    vec![
+        "rctl".into(),
+        "-a".into(),
+        format!("jail:{}:memoryuse:deny={memory}", sandbox.name),
+        format!("jail:{}:maxproc:deny={pids}", sandbox.name),
+    ]
+}
+
+/// `rctl -r jail:NAME`: removes the jail's rules once it is gone.
+pub fn rctl_remove_argv(sandbox: &Sandbox) -> Vec<String> {
+    vec!["rctl".into(), "-r".into(), format!("jail:{}", sandbox.name)]
+}
+
 /// `jail -r NAME`: removes the jail and kills what is left in it.
 pub fn remove_argv(sandbox: &Sandbox) -> Vec<String> {
     vec!["jail".into(), "-r".into(), sandbox.name.clone()]
@@ -125,6 +142,24 @@ mod tests {
             agent_paths: Vec::new(),
             tmp_size: None,
         }
+    }
+
+    #[test]
+    fn rctl_limits_the_jail_and_is_removed_with_it() {
+        let sb = sandbox(NetworkPolicy::None);
+        assert_eq!(
+            rctl_add_argv(&sb, 4 << 30, 512),
+            [
+                "rctl",
+                "-a",
+                "jail:colibri_0190ab_1:memoryuse:deny=4294967296",
+                "jail:colibri_0190ab_1:maxproc:deny=512",
+            ]
+        );
+        assert_eq!(
+            rctl_remove_argv(&sb),
+            ["rctl", "-r", "jail:colibri_0190ab_1"]
+        );
     }
 
     #[test]
