@@ -15,15 +15,18 @@
 //! With no such worker the task is parked with a [`ParkReason`] computed
 //! against the closest worker (fewest missing tags).
 
+use std::sync::Arc;
+
 use broker::messages::event::ParkReason;
 use broker::{SessionId, Tag, TagSet, WorkerId};
 
-/// What placement needs to know of a worker.
+/// What placement needs to know of a worker. The tag sets are shared with
+/// the fleet, so a view costs no copy of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerView {
     pub id: WorkerId,
-    pub tags: TagSet,
-    pub agents: TagSet,
+    pub tags: Arc<TagSet>,
+    pub agents: Arc<TagSet>,
     pub slots: u32,
     /// Slots taken by assigned and running attempts.
     pub used: u32,
@@ -141,8 +144,8 @@ mod tests {
     fn worker(id: &str, t: &[&str], slots: u32, used: u32) -> WorkerView {
         WorkerView {
             id: WorkerId::parse(id).unwrap(),
-            tags: tags(t),
-            agents: tags(&["command", "pi"]),
+            tags: Arc::new(tags(t)),
+            agents: Arc::new(tags(&["command", "pi"])),
             slots,
             used,
             online: true,
@@ -221,7 +224,7 @@ mod tests {
     #[test]
     fn agent_is_part_of_the_advert() {
         let mut w = worker("l", &["linux"], 1, 0);
-        w.agents = tags(&["pi"]);
+        w.agents = Arc::new(tags(&["pi"]));
         match place(&needs(&["linux"]), &[w]) {
             Err(ParkReason::Unmatched { missing_agent, .. }) => {
                 assert_eq!(missing_agent, Some(Tag::parse("command").unwrap()))
@@ -260,7 +263,7 @@ mod tests {
         assert_eq!(place(&n, &away).unwrap().as_str(), "a");
         // Home live but no longer fitting (its agent removed): elsewhere.
         let mut unfit = ws.clone();
-        unfit[1].agents = tags(&["pi"]);
+        unfit[1].agents = Arc::new(tags(&["pi"]));
         assert_eq!(place(&n, &unfit).unwrap().as_str(), "a");
     }
 
@@ -293,8 +296,8 @@ mod tests {
         fn placement_invariants(need in arb_tags(), raw in proptest::collection::vec(arb_worker(), 0..8)) {
             let ws: Vec<WorkerView> = raw.into_iter().enumerate().map(|(i, (t, slots, used, online))| WorkerView {
                 id: WorkerId::parse(&format!("w{i}")).unwrap(),
-                tags: t,
-                agents: tags(&["command"]),
+                tags: Arc::new(t),
+                agents: Arc::new(tags(&["command"])),
                 slots,
                 used: used.min(slots),
                 online,

@@ -559,6 +559,11 @@ impl Core {
                 return Ok(());
             }
             PresenceChange::Unchanged => {}
+            PresenceChange::FleetFull => {
+                self.count("heartbeats_fleet_full");
+                tracing::warn!(worker = %worker, "fleet full: heartbeat of a new worker refused");
+                return Ok(());
+            }
         }
         // Runs started by an earlier process of this worker are gone.
         for id in self.tasks.on_worker(&worker) {
@@ -688,17 +693,7 @@ impl Core {
     }
 
     fn views(&self) -> Vec<WorkerView> {
-        self.fleet
-            .iter()
-            .map(|(id, w)| WorkerView {
-                id: id.clone(),
-                tags: w.beat.tags.clone(),
-                agents: w.beat.agents.clone(),
-                slots: w.beat.slots,
-                used: self.tasks.used(id),
-                online: w.online,
-            })
-            .collect()
+        self.fleet.views(|id| self.tasks.used(id))
     }
 
     /// Places what it can, oldest first, and records why the rest wait.
