@@ -6,9 +6,14 @@
 //! anywhere before the acknowledgement makes JetStream deliver the input
 //! again, and every handler is idempotent against a redelivery.
 
+mod cancel;
 pub mod core;
+mod dispatch;
 mod outbox;
+mod presence;
+mod reports;
 mod state;
+mod submit;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -25,8 +30,10 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use self::core::{Action, CommandError, Core, SubmitError};
+pub use self::cancel::CommandError;
+pub use self::core::{Action, Core};
 use self::state::{Active, Tasks};
+pub use self::submit::SubmitError;
 use crate::board::{Board, BoardError};
 use crate::fleet::Fleet;
 
