@@ -64,6 +64,17 @@ impl Core {
         let Some(a) = self.tasks.get(&id) else {
             return Ok(());
         };
+        if a.spec.limits.deadline_ms.is_some_and(|d| d <= now_ms) {
+            // Regression: a task submitted with a past deadline was placed
+            // and ran; still queued at its deadline, it ends timed_out.
+            return self.finish(
+                tx,
+                &id,
+                TaskState::TimedOut,
+                Some("still queued at its deadline"),
+                now_ms,
+            );
+        }
         if a.not_before_ms.is_some_and(|t| t > now_ms) {
             return Ok(());
         }

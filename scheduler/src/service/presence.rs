@@ -18,8 +18,9 @@ impl Core {
     /// is logged and counted, and changes nothing.
     pub fn admit_heartbeat(&mut self, subject: &str, beat: &Heartbeat) -> bool {
         if let Err(error) = beat.validate() {
-            self.count("invalid_heartbeats");
-            tracing::warn!(worker = %beat.worker, subject, %error, "heartbeat over the advert bounds refused");
+            if self.count_is_news("invalid_heartbeats") {
+                tracing::warn!(worker = %beat.worker, subject, %error, "heartbeat over the advert bounds refused");
+            }
             return false;
         }
         match crate::claims::check_heartbeat(subject, beat, self.hosts.as_ref()) {
@@ -30,6 +31,14 @@ impl Core {
                 false
             }
         }
+    }
+
+    /// Counts `what` and says whether this one is worth a log line: the
+    /// 1st, 2nd, 4th, 8th... so a flood of refused adverts is logged
+    /// without flooding the log.
+    fn count_is_news(&mut self, what: &'static str) -> bool {
+        self.count(what);
+        self.counters[what].is_power_of_two()
     }
 
     /// Applies a heartbeat.
@@ -65,8 +74,10 @@ impl Core {
             }
             PresenceChange::Unchanged => {}
             PresenceChange::FleetFull => {
-                self.count("heartbeats_fleet_full");
-                tracing::warn!(worker = %worker, "fleet full: heartbeat of a new worker refused");
+                if self.count_is_news("heartbeats_fleet_full") {
+                    tracing::warn!(worker = %worker, refused = self.counters["heartbeats_fleet_full"],
+                        "fleet full: heartbeat of a new worker refused");
+                }
                 return Ok(());
             }
         }

@@ -1,8 +1,14 @@
 //! Submissions: a new task is validated, stored queued and announced; a
 //! duplicate (same id) changes nothing and answers the stored state; one
 //! that breaks a rule is stored `failed` when it came through the intake.
+//! An intake submit's task id is its subject's: a payload that is JSON but
+//! not a valid spec (wrong type, bad tag, other `id`, other version) is
+//! stored `failed` under that id with the reason naming the field; only a
+//! payload that is not JSON at all is dropped.
 
-use broker::messages::{TaskSpec, TaskSpecError, TaskState};
+use broker::messages::api::REPLY_TEXT_BYTES;
+use broker::messages::{decode, TaskSpec, TaskSpecError, TaskState};
+use broker::TaskId;
 
 use crate::board::{BoardError, BoardTx};
 use crate::placement::Home;
@@ -58,8 +64,53 @@ impl Core {
         Ok((true, TaskState::Queued))
     }
 
+    /// Applies a submit read from the intake on `colibri.task.<subject_id>.submit`.
+    /// Returns false for a payload that is not JSON (terminated, not stored).
+    pub fn submit_intake(
+        &mut self,
+        tx: &BoardTx<'_>,
+        subject_id: TaskId,
+        payload: &[u8],
+        now_ms: i64,
+    ) -> Result<bool, BoardError> {
+        let spec = match decode::<TaskSpec>(payload) {
+            Ok(spec) => spec,
+            Err(error) => {
+                let Ok(value) = serde_json::from_slice::<serde_json::Value>(payload) else {
+                    self.count("malformed_submissions");
+                    tracing::warn!(task_id = %subject_id, %error, "malformed submission dropped");
+                    return Ok(false);
+                };
+                // Regression: JSON that broke a type rule was acknowledged
+                // and vanished; it is stored failed under its subject's id.
+                self.count("invalid_submissions");
+                tracing::warn!(task_id = %subject_id, %error, "submission rejected");
+                let spec = TaskSpec::salvage(subject_id, &value);
+                self.reject_submission(tx, &spec, &error.to_string(), now_ms)?;
+                return Ok(true);
+            }
+        };
+        let result = match spec.check_subject_id(&subject_id) {
+            Ok(()) => self.submit(tx, spec.clone(), now_ms),
+            Err(rule) => Err(SubmitError::Invalid(rule)),
+        };
+        match result {
+            Ok(_) => Ok(true),
+            Err(SubmitError::Invalid(rule)) => {
+                self.count("invalid_submissions");
+                tracing::warn!(task_id = %subject_id, error = %rule, "submission rejected");
+                let mut stored = spec;
+                stored.id = subject_id;
+                self.reject_submission(tx, &stored, &rule.to_string(), now_ms)?;
+                Ok(true)
+            }
+            Err(SubmitError::Board(e)) => Err(e),
+        }
+    }
+
     /// Stores a submission that broke a rule as `failed`, so the submitter
     /// sees why (intake path only: the request path answers with the error).
+    /// Its texts are kept trimmed: a refused spec may be megabytes.
     pub fn reject_submission(
         &mut self,
         tx: &BoardTx<'_>,
@@ -68,7 +119,8 @@ impl Core {
         now_ms: i64,
     ) -> Result<(), BoardError> {
         let reason = format!("rejected at intake: {why}");
-        if tx.insert_task(spec, TaskState::Failed, Some(&reason), now_ms)? {
+        let spec = spec.trimmed(REPLY_TEXT_BYTES);
+        if tx.insert_task(&spec, TaskState::Failed, Some(&reason), now_ms)? {
             self.emit(&spec.id, None, TaskState::Failed, Some(&reason), now_ms);
         }
         Ok(())
