@@ -50,8 +50,7 @@ impl Env {
         let reply = within(
             T,
             endpoint,
-            self.client
-                .request(ep::subject(endpoint), encode(&payload)),
+            self.client.request(ep::subject(endpoint), encode(&payload)),
         )
         .await??;
         Ok(serde_json::from_slice(&reply.payload)?)
@@ -61,7 +60,9 @@ impl Env {
     async fn refused(&self, endpoint: &str, payload: Value) -> anyhow::Result<String> {
         match self.raw(endpoint, payload.clone()).await? {
             ApiReply::Error(e) if e.kind == ApiErrorKind::Invalid => Ok(e.message),
-            other => anyhow::bail!("{endpoint} {payload}: expected an invalid error, got {other:?}"),
+            other => {
+                anyhow::bail!("{endpoint} {payload}: expected an invalid error, got {other:?}")
+            }
         }
     }
 
@@ -143,15 +144,15 @@ async fn api_errors_did_not_name_their_field() -> anyhow::Result<()> {
     );
     let m = env.refused(ep::LIST_TASKS, json!({"limit": "ten"})).await?;
     assert!(m.starts_with("limit: ") && !m.contains("line 1"), "{m}");
-    let m = env.refused(ep::LIST_TASKS, json!({"status": "sleeping"})).await?;
+    let m = env
+        .refused(ep::LIST_TASKS, json!({"status": "sleeping"}))
+        .await?;
     assert!(m.starts_with("status: "), "{m}");
     assert_eq!(
         env.refused(ep::SHOW_TASK, json!({})).await?,
         "task_id: required"
     );
-    let m = env
-        .refused(ep::STATUS, json!({"workers_after": 5}))
-        .await?;
+    let m = env.refused(ep::STATUS, json!({"workers_after": 5})).await?;
     assert!(m.starts_with("workers_after: "), "{m}");
     let id = TaskId::new();
     let mut no_title = spec_json(&id);
@@ -188,8 +189,14 @@ async fn submit_with_another_id_than_its_subject_was_applied() -> anyhow::Result
         .wait_state(&subject_id, TaskState::Failed, T)
         .await?;
     let reason = detail.summary.reason.unwrap_or_default();
-    assert!(reason.contains("id: must equal the subject's task id"), "{reason}");
-    assert!(env.board.show(&body_id).await.is_err(), "no task under the body's id");
+    assert!(
+        reason.contains("id: must equal the subject's task id"),
+        "{reason}"
+    );
+    assert!(
+        env.board.show(&body_id).await.is_err(),
+        "no task under the body's id"
+    );
     Ok(())
 }
 
@@ -201,7 +208,10 @@ async fn acked_submits_that_broke_a_rule_vanished() -> anyhow::Result<()> {
     let cases: Vec<(Value, &str)> = vec![
         (json!({"capabilities": ["GPU"]}), "capabilities[0]: "),
         (json!({"retry": "twice"}), "retry: "),
-        (json!({"limits": {"timeout_secs": -1}}), "limits.timeout_secs: "),
+        (
+            json!({"limits": {"timeout_secs": -1}}),
+            "limits.timeout_secs: ",
+        ),
         (json!({"v": 2}), "payload version 2"),
         (json!({"title": ""}), "title: must not be empty"),
     ];
@@ -228,7 +238,8 @@ async fn acked_submits_that_broke_a_rule_vanished() -> anyhow::Result<()> {
     }
     env.board.wait_state(&scalar, TaskState::Failed, T).await?;
     // What is not JSON at all is counted and dropped.
-    env.submit_raw(&TaskId::new(), b"{not json".to_vec()).await?;
+    env.submit_raw(&TaskId::new(), b"{not json".to_vec())
+        .await?;
     harness::eventually(T, "malformed submission counted", || async {
         (env.counter("malformed_submissions").await == 1).then_some(())
     })
@@ -246,7 +257,9 @@ async fn report_naming_another_task_than_its_subject_was_applied() -> anyhow::Re
     env.board.create(&spec).await?;
     let run = w.next_run(T).await?;
     w.started(&run).await?;
-    env.board.wait_state(&spec.id, TaskState::Running, T).await?;
+    env.board
+        .wait_state(&spec.id, TaskState::Running, T)
+        .await?;
     let forged = Report {
         v: broker::WIRE_VERSION,
         task_id: spec.id,
@@ -291,7 +304,10 @@ async fn a_past_deadline_was_placed_and_ran() -> anyhow::Result<()> {
     let mut spec = TaskSpec::command("late", TagSet::new(), vec!["/bin/true".into()]);
     spec.limits.deadline_ms = Some(broker::time_ms::now_ms() - 1_000);
     env.board.create(&spec).await?;
-    let d = env.board.wait_state(&spec.id, TaskState::TimedOut, T).await?;
+    let d = env
+        .board
+        .wait_state(&spec.id, TaskState::TimedOut, T)
+        .await?;
     assert_eq!(d.summary.attempt, 0);
     assert!(w.no_order_within(Duration::from_millis(300)).await);
     Ok(())
@@ -334,7 +350,11 @@ async fn a_page_of_long_rows_was_never_sent() -> anyhow::Result<()> {
         let publish = PublishMessage::build()
             .payload(encode(&spec))
             .message_id(spec.id.to_string());
-        acks.push(env.js.send_publish(subjects::task_submit(&spec.id), publish).await?);
+        acks.push(
+            env.js
+                .send_publish(subjects::task_submit(&spec.id), publish)
+                .await?,
+        );
     }
     within(Duration::from_secs(60), "submits acknowledged", async {
         futures::stream::iter(acks)
@@ -344,10 +364,14 @@ async fn a_page_of_long_rows_was_never_sent() -> anyhow::Result<()> {
             .await
     })
     .await?;
-    harness::eventually(Duration::from_secs(60), "all tasks on the board", || async {
-        let counts = env.board.status().await.ok()?.tasks;
-        (counts.get(&TaskState::Queued).copied().unwrap_or(0) >= N as u64).then_some(())
-    })
+    harness::eventually(
+        Duration::from_secs(60),
+        "all tasks on the board",
+        || async {
+            let counts = env.board.status().await.ok()?.tasks;
+            (counts.get(&TaskState::Queued).copied().unwrap_or(0) >= N as u64).then_some(())
+        },
+    )
     .await?;
     let mut after = None;
     let (mut pages, mut seen) = (0, 0);
@@ -356,10 +380,15 @@ async fn a_page_of_long_rows_was_never_sent() -> anyhow::Result<()> {
         let reply = within(
             T,
             "list-tasks page",
-            env.client.request(ep::subject(ep::LIST_TASKS), encode(&req)),
+            env.client
+                .request(ep::subject(ep::LIST_TASKS), encode(&req)),
         )
         .await??;
-        assert!(reply.payload.len() <= MAX_REPLY_BYTES, "{}", reply.payload.len());
+        assert!(
+            reply.payload.len() <= MAX_REPLY_BYTES,
+            "{}",
+            reply.payload.len()
+        );
         let page: ApiReply<ListTasksReply> = serde_json::from_slice(&reply.payload)?;
         let ApiReply::Ok(page) = page else {
             anyhow::bail!("list-tasks failed: {page:?}");
@@ -373,6 +402,9 @@ async fn a_page_of_long_rows_was_never_sent() -> anyhow::Result<()> {
         anyhow::ensure!(pages < 100, "paging does not end");
     }
     assert_eq!(seen, N);
-    assert!(pages > 1, "a 1000-row page of 800-byte titles is cut by bytes");
+    assert!(
+        pages > 1,
+        "a 1000-row page of 800-byte titles is cut by bytes"
+    );
     Ok(())
 }

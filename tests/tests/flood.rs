@@ -94,7 +94,10 @@ async fn all_workers(client: &async_nats::Client) -> anyhow::Result<(usize, usiz
             client.request(ep::subject(ep::STATUS), encode(&req)),
         )
         .await??;
-        anyhow::ensure!(reply.payload.len() <= MAX_REPLY_BYTES, "status reply too large");
+        anyhow::ensure!(
+            reply.payload.len() <= MAX_REPLY_BYTES,
+            "status reply too large"
+        );
         let ApiReply::Ok(status) = serde_json::from_slice::<ApiReply<StatusReply>>(&reply.payload)?
         else {
             anyhow::bail!("status failed");
@@ -149,7 +152,9 @@ async fn fake_adverts_stopped_placement() -> anyhow::Result<()> {
     );
     let t0 = Instant::now();
     board.create(&spec).await?;
-    let run = real.next_run(PLACED_WITHIN.saturating_sub(t0.elapsed())).await?;
+    let run = real
+        .next_run(PLACED_WITHIN.saturating_sub(t0.elapsed()))
+        .await?;
     assert_eq!(run.task.id, spec.id);
     let via_api = t0.elapsed();
 
@@ -168,7 +173,9 @@ async fn fake_adverts_stopped_placement() -> anyhow::Result<()> {
             .await
     })
     .await??;
-    let run = real.next_run(PLACED_WITHIN.saturating_sub(t0.elapsed())).await?;
+    let run = real
+        .next_run(PLACED_WITHIN.saturating_sub(t0.elapsed()))
+        .await?;
     assert_eq!(run.task.id, spec.id);
     let via_intake = t0.elapsed();
 
