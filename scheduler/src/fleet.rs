@@ -192,8 +192,17 @@ impl Fleet {
     /// Placement's view of every online worker (offline ones cost nothing),
     /// with `used(id)` slots taken.
     pub fn views(&self, used: impl Fn(&WorkerId) -> u32) -> Vec<WorkerView> {
-        self.online
-            .iter()
+        self.views_of(&self.online, used)
+    }
+
+    /// Placement's view of those of `ids` that are online.
+    pub fn views_of<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a WorkerId>,
+        used: impl Fn(&WorkerId) -> u32,
+    ) -> Vec<WorkerView> {
+        ids.into_iter()
+            .filter(|id| self.online.contains(*id))
             .filter_map(|id| self.workers.get(id).map(|w| (id, w)))
             .map(|(id, w)| WorkerView {
                 id: id.clone(),

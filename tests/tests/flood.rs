@@ -28,6 +28,10 @@ const PLACED_WITHIN: Duration = Duration::from_secs(1);
 /// Adverts a second, and how many fake workers send them.
 const RATE: u64 = 10_000;
 const FAKES: usize = 9_000;
+/// Tasks parked for want of a worker while the flood runs.
+const PARKED: usize = 200;
+/// How long the fleet may take to hear every fake (a precondition only).
+const FILL_WITHIN: Duration = Duration::from_secs(60);
 
 /// Publishes `RATE` adverts a second from `FAKES` fake workers (each with a
 /// few tags, one of which changes every round so every advert is news to
@@ -127,6 +131,17 @@ async fn fake_adverts_stopped_placement() -> anyhow::Result<()> {
     let js = jetstream::new(client.clone());
     let mut real = SimWorker::start(nats.client().await?, "real", &["linux", "real"], 4).await?;
 
+    // A backlog of parked tasks no worker can take: every advert change
+    // makes placement judge them again.
+    for i in 0..PARKED {
+        let spec = TaskSpec::command(
+            &format!("parked {i}"),
+            TagSet::parse_lists(["nowhere"])?,
+            vec!["/bin/true".into()],
+        );
+        board.create(&spec).await?;
+    }
+
     let stop = CancellationToken::new();
     let _stop_on_exit = stop.clone().drop_guard();
     let sent = Arc::new(AtomicU64::new(0));
@@ -134,7 +149,8 @@ async fn fake_adverts_stopped_placement() -> anyhow::Result<()> {
     let flooder = tokio::spawn(flood(nats.client().await?, stop.clone(), sent.clone()));
 
     // The fleet fills with fakes, and status pages through all of them.
-    let (workers, pages, _) = harness::eventually(T, "fakes in the fleet", || async {
+    // (A debug build on a shared machine needs a while to hear them all.)
+    let (workers, pages, _) = harness::eventually(FILL_WITHIN, "fakes in the fleet", || async {
         all_workers(&client)
             .await
             .ok()

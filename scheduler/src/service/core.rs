@@ -53,9 +53,12 @@ pub struct Core {
     pub counters: BTreeMap<&'static str, u64>,
     /// Stale runs already sent a cancel.
     pub(super) fenced: HashSet<(TaskId, u32)>,
-    /// The fleet changed (joined, left, new tags or slots): every queued
-    /// task is judged again.
+    /// The fleet changed so that any queued task may need judging again (a
+    /// worker left, or the service started): every queued task is judged.
     pub(super) fleet_changed: bool,
+    /// Workers that joined, returned or changed their advert: queued tasks
+    /// they may help are judged again (a flood of adverts stays cheap).
+    pub(super) changed_workers: HashSet<WorkerId>,
     /// A slot came free: waiting tasks are placed until the slots are taken.
     pub(super) slots_freed: bool,
     /// Hosts and the tags each may advertise; claims are not checked
@@ -73,6 +76,7 @@ impl Core {
             counters: BTreeMap::new(),
             fenced: HashSet::new(),
             fleet_changed: true,
+            changed_workers: HashSet::new(),
             slots_freed: false,
             hosts: None,
         }

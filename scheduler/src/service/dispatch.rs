@@ -8,7 +8,7 @@ use broker::messages::{SharedTranscript, TaskSpec, TaskState};
 use broker::{SessionId, TaskId, WorkerId};
 
 use crate::board::{BoardError, BoardTx};
-use crate::placement::{place, WorkerView};
+use crate::placement::{place, Changed, WorkerView};
 
 use super::core::Core;
 
@@ -19,22 +19,53 @@ impl Core {
     }
 
     /// Places what it can, oldest first, and records why the rest wait.
-    /// After a fleet change every queued task is judged; after a slot came
-    /// free, waiting tasks until the free slots are taken; always, the
+    /// After a worker left every queued task is judged; after joins and
+    /// advert changes, the tasks a changed worker may help; after a slot
+    /// came free, waiting tasks until the free slots are taken; always, the
     /// tasks not judged yet. So a turn costs what changed, not the queue.
     pub fn place_all(&mut self, tx: &BoardTx<'_>, now_ms: i64) -> Result<(), BoardError> {
         let full = std::mem::take(&mut self.fleet_changed);
+        let changed = std::mem::take(&mut self.changed_workers);
         let freed = std::mem::take(&mut self.slots_freed);
-        if !full && !freed && !self.tasks.has_fresh() {
+        if !full && changed.is_empty() && !freed && !self.tasks.has_fresh() {
+            return Ok(());
+        }
+        let queued = self.tasks.queued();
+        if queued.is_empty() {
+            return Ok(()); // nothing to place: a flood of adverts costs no view
+        }
+        // Joins and advert changes: only the tasks a changed worker may
+        // help are judged again, found from the changed workers alone, so a
+        // flood of adverts does not judge a parked backlog against every
+        // worker on every turn.
+        let again: Vec<TaskId> = if full || changed.is_empty() {
+            Vec::new()
+        } else {
+            let changed_views = self.fleet.views_of(&changed, |id| self.tasks.used(id));
+            let help = Changed::new(&changed_views, &changed);
+            queued
+                .iter()
+                .copied()
+                .filter(|id| {
+                    self.tasks
+                        .get(id)
+                        .is_some_and(|a| help.may_help(&a.needs, a.parked.as_ref()))
+                })
+                .collect()
+        };
+        if !full && again.is_empty() && !freed && !self.tasks.has_fresh() {
             return Ok(());
         }
         let mut views = self.views();
         let mut free: u32 = views.iter().filter(|w| w.online).map(|w| w.free()).sum();
         if full {
-            for id in self.tasks.queued() {
+            for id in queued {
                 self.consider(tx, id, &mut views, &mut free, now_ms)?;
             }
             return Ok(());
+        }
+        for id in again {
+            self.consider(tx, id, &mut views, &mut free, now_ms)?;
         }
         if freed {
             let mut cursor = None;

@@ -57,16 +57,16 @@ impl Core {
             PresenceChange::Joined | PresenceChange::Returned => {
                 tracing::info!(worker = %worker, "worker online");
                 self.worker_event(&worker, WorkerState::Online, "heartbeat", now_ms);
-                self.fleet_changed = true;
+                self.changed_workers.insert(worker.clone());
             }
             PresenceChange::AdvertChanged => {
                 tracing::info!(worker = %worker, "worker advert changed");
-                self.fleet_changed = true;
+                self.changed_workers.insert(worker.clone());
             }
             PresenceChange::Restarted { old } => {
                 tracing::info!(worker = %worker, old_incarnation = %old, "worker restarted");
                 self.worker_event(&worker, WorkerState::Online, "restarted", now_ms);
-                self.fleet_changed = true;
+                self.changed_workers.insert(worker.clone());
             }
             PresenceChange::Leaving => {
                 self.worker_gone(tx, &worker, "worker left", now_ms)?;
