@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 
 /// Longest tag, in characters.
 pub const MAX_TAG_LEN: usize = 64;
+/// Most tags in one set: a task's capabilities, a worker's tags or its
+/// agents. Bounds the cost of matching a task against a worker.
+pub const MAX_TAGS: usize = 64;
 
 /// Why a tag was rejected. Tests match on the variant, humans read `Display`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +50,8 @@ pub enum TagError {
     BadStart { field: &'static str, value: String },
     #[error("subject token {0:?} does not decode to a tag")]
     BadToken(String),
+    #[error("{field}: {count} names; at most {MAX_TAGS} are allowed")]
+    TooMany { field: &'static str, count: usize },
 }
 
 /// A validated capability tag (or worker/agent name).
@@ -204,6 +209,17 @@ impl TagSet {
     pub fn missing_from(&self, other: &TagSet) -> Vec<Tag> {
         self.0.difference(&other.0).cloned().collect()
     }
+    /// Checks the [`MAX_TAGS`] bound, naming `field` in the error.
+    pub fn check_bound(&self, field: &'static str) -> Result<(), TagError> {
+        if self.0.len() > MAX_TAGS {
+            return Err(TagError::TooMany {
+                field,
+                count: self.0.len(),
+            });
+        }
+        Ok(())
+    }
+
     /// Comma-joined rendering, as on the command line.
     pub fn joined(&self) -> String {
         self.0.iter().map(Tag::as_str).collect::<Vec<_>>().join(",")
@@ -290,6 +306,23 @@ mod tests {
         let s = TagSet::parse_lists(["linux,gpu", "image-render"]).unwrap();
         assert_eq!(s.joined(), "gpu,image-render,linux");
         assert!(TagSet::parse_lists(["linux,"]).is_err());
+    }
+
+    #[test]
+    fn sets_are_bounded_at_64() {
+        let set = |n: usize| -> TagSet {
+            (0..n)
+                .map(|i| Tag::parse(&format!("t{i}")).unwrap())
+                .collect()
+        };
+        assert!(set(MAX_TAGS).check_bound("capabilities").is_ok());
+        assert!(matches!(
+            set(MAX_TAGS + 1).check_bound("capabilities"),
+            Err(TagError::TooMany {
+                field: "capabilities",
+                count: 65
+            })
+        ));
     }
 
     fn tag_strategy() -> impl Strategy<Value = String> {

@@ -14,16 +14,24 @@
 //!
 //! With no such worker the task is parked with a [`ParkReason`] computed
 //! against the closest worker (fewest missing tags).
+//!
+//! When only some workers joined or changed their advert, [`Changed`] says
+//! which parked tasks they may help, so a flood of adverts costs a pass
+//! over the changed workers, not over every queued task times every worker.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use broker::messages::event::ParkReason;
 use broker::{SessionId, Tag, TagSet, WorkerId};
 
-/// What placement needs to know of a worker.
+/// What placement needs to know of a worker. The tag sets are shared with
+/// the fleet, so a view costs no copy of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerView {
     pub id: WorkerId,
-    pub tags: TagSet,
-    pub agents: TagSet,
+    pub tags: Arc<TagSet>,
+    pub agents: Arc<TagSet>,
     pub slots: u32,
     /// Slots taken by assigned and running attempts.
     pub used: u32,
@@ -61,6 +69,38 @@ impl TaskNeeds {
         worker.online
             && worker.agents.contains(&self.agent)
             && self.capabilities.is_subset(&worker.tags)
+    }
+}
+
+/// Workers that joined or changed their advert since the last placement
+/// pass, indexed by the agents they enable.
+#[derive(Debug, Default)]
+pub struct Changed<'a> {
+    by_agent: HashMap<&'a Tag, Vec<&'a WorkerView>>,
+}
+
+impl<'a> Changed<'a> {
+    /// The views of the `changed` workers that are online.
+    pub fn new(views: &'a [WorkerView], changed: &HashSet<WorkerId>) -> Changed<'a> {
+        let mut by_agent: HashMap<&'a Tag, Vec<&'a WorkerView>> = HashMap::new();
+        for view in views.iter().filter(|v| v.online && changed.contains(&v.id)) {
+            for agent in view.agents.iter() {
+                by_agent.entry(agent).or_default().push(view);
+            }
+        }
+        Changed { by_agent }
+    }
+
+    /// Whether judging `task` again may change anything: it waits for
+    /// want of any live worker (a join makes it `unmatched`), or a changed
+    /// worker fits it. A task none of them fits keeps its reason (its
+    /// `closest` hint may then be a worker no longer the closest).
+    pub fn may_help(&self, task: &TaskNeeds, parked: Option<&ParkReason>) -> bool {
+        matches!(parked, None | Some(ParkReason::NoWorkers))
+            || self
+                .by_agent
+                .get(&task.agent)
+                .is_some_and(|ws| ws.iter().any(|w| task.fits(w)))
     }
 }
 
@@ -141,8 +181,8 @@ mod tests {
     fn worker(id: &str, t: &[&str], slots: u32, used: u32) -> WorkerView {
         WorkerView {
             id: WorkerId::parse(id).unwrap(),
-            tags: tags(t),
-            agents: tags(&["command", "pi"]),
+            tags: Arc::new(tags(t)),
+            agents: Arc::new(tags(&["command", "pi"])),
             slots,
             used,
             online: true,
@@ -221,7 +261,7 @@ mod tests {
     #[test]
     fn agent_is_part_of_the_advert() {
         let mut w = worker("l", &["linux"], 1, 0);
-        w.agents = tags(&["pi"]);
+        w.agents = Arc::new(tags(&["pi"]));
         match place(&needs(&["linux"]), &[w]) {
             Err(ParkReason::Unmatched { missing_agent, .. }) => {
                 assert_eq!(missing_agent, Some(Tag::parse("command").unwrap()))
@@ -260,8 +300,39 @@ mod tests {
         assert_eq!(place(&n, &away).unwrap().as_str(), "a");
         // Home live but no longer fitting (its agent removed): elsewhere.
         let mut unfit = ws.clone();
-        unfit[1].agents = tags(&["pi"]);
+        unfit[1].agents = Arc::new(tags(&["pi"]));
         assert_eq!(place(&n, &unfit).unwrap().as_str(), "a");
+    }
+
+    // Regression: every advert change judged every queued task against
+    // every worker; with a backlog parked and a flood of adverts, placement
+    // stopped. Only tasks a changed worker may help are judged again.
+    #[test]
+    fn changed_workers_help_only_tasks_they_fit() {
+        let mut fake = worker("fake", &["fake"], 1, 0);
+        fake.agents = Arc::new(tags(&["pi"]));
+        let ws = [fake, worker("gpu", &["linux", "gpu"], 1, 0)];
+        let unmatched = ParkReason::Unmatched {
+            closest: WorkerId::parse("gpu").unwrap(),
+            missing_tags: vec![],
+            missing_agent: None,
+        };
+        let only_fake: HashSet<WorkerId> = [WorkerId::parse("fake").unwrap()].into();
+        let changed = Changed::new(&ws, &only_fake);
+        assert!(!changed.may_help(&needs(&["gpu"]), Some(&unmatched)));
+        assert!(
+            !changed.may_help(&needs(&["fake"]), Some(&unmatched)),
+            "agent differs"
+        );
+        assert!(changed.may_help(&needs(&["nowhere"]), Some(&ParkReason::NoWorkers)));
+        assert!(changed.may_help(&needs(&["nowhere"]), None));
+        let gpu: HashSet<WorkerId> = [WorkerId::parse("gpu").unwrap()].into();
+        let changed = Changed::new(&ws, &gpu);
+        assert!(changed.may_help(&needs(&["gpu"]), Some(&unmatched)));
+        assert!(changed.may_help(
+            &needs(&["linux"]),
+            Some(&ParkReason::Busy { qualifying: 1 })
+        ));
     }
 
     #[test]
@@ -293,8 +364,8 @@ mod tests {
         fn placement_invariants(need in arb_tags(), raw in proptest::collection::vec(arb_worker(), 0..8)) {
             let ws: Vec<WorkerView> = raw.into_iter().enumerate().map(|(i, (t, slots, used, online))| WorkerView {
                 id: WorkerId::parse(&format!("w{i}")).unwrap(),
-                tags: t,
-                agents: tags(&["command"]),
+                tags: Arc::new(t),
+                agents: Arc::new(tags(&["command"])),
                 slots,
                 used: used.min(slots),
                 online,

@@ -69,15 +69,16 @@ pub struct TaskLimits {
 }
 
 /// Task-level retry policy, applied by the scheduler to infrastructure
-/// failures (spawn failed, worker lost, interrupted).
+/// failures (spawn failed, worker lost, interrupted). Every field has its
+/// documented default, so `{"max_attempts":2}` is a whole policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included.
     pub max_attempts: u32,
     /// Delay before the second attempt; doubled each time, with jitter.
     pub backoff_ms: u64,
     /// Also retry when the agent itself failed.
-    #[serde(default)]
     pub retry_agent_failure: bool,
 }
 
@@ -127,6 +128,7 @@ impl TaskSpec {
         if self.title.chars().count() > MAX_TITLE_LEN {
             return invalid("title", "at most 200 characters");
         }
+        self.capabilities.check_bound("capabilities")?;
         if self.agent.as_str() == COMMAND_AGENT {
             if self.command.is_empty() {
                 return invalid("command", "a command task needs an argv (-- ARGV...)");
@@ -154,6 +156,58 @@ impl TaskSpec {
             return invalid("limits.idle_secs", "must be at least 1");
         }
         Ok(())
+    }
+
+    /// Checks that the spec's `id` is the task id its subject names
+    /// (`colibri.task.<task>.submit`): the subject's id is the
+    /// `Nats-Msg-Id` that deduplicates the submit.
+    pub fn check_subject_id(&self, subject_id: &TaskId) -> Result<(), TaskSpecError> {
+        if self.id != *subject_id {
+            return Err(TaskSpecError::Invalid {
+                field: "id",
+                rule: format!("must equal the subject's task id {subject_id}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// What the board keeps of a submission it refused: `id`, the rest
+    /// of the payload salvaged where it reads (title and agent, each
+    /// trimmed to its limit), so `show-task` can say why without storing
+    /// or replying with megabytes. For a payload that is JSON but not a
+    /// valid spec.
+    pub fn salvage(id: TaskId, payload: &serde_json::Value) -> TaskSpec {
+        let text = |key: &str| payload.get(key).and_then(|v| v.as_str());
+        let title = text("title")
+            .map(|t| t.chars().take(MAX_TITLE_LEN).collect::<String>())
+            .filter(|t| !t.trim().is_empty())
+            .unwrap_or_else(|| "(refused submission)".to_string());
+        let agent = text("agent")
+            .and_then(|a| Tag::parse_name("agent", a).ok())
+            .unwrap_or_else(|| Tag::parse(COMMAND_AGENT).expect("constant is a valid tag"));
+        let mut spec = TaskSpec::command(&title, TagSet::new(), Vec::new());
+        spec.id = id;
+        spec.agent = agent;
+        spec.submitted_at_ms = payload
+            .get("submitted_at_ms")
+            .and_then(|v| v.as_i64())
+            .unwrap_or(0);
+        spec
+    }
+
+    /// This spec with its texts cut to what a record needs (title to its
+    /// limit, prompt and each argument to `max_bytes`): a refused spec is
+    /// kept this way.
+    pub fn trimmed(&self, max_bytes: usize) -> TaskSpec {
+        let mut spec = self.clone();
+        spec.title = spec.title.chars().take(MAX_TITLE_LEN).collect();
+        if let Some(p) = spec.prompt.as_mut() {
+            *p = super::trim_text(p, max_bytes);
+        }
+        for arg in spec.command.iter_mut() {
+            *arg = super::trim_text(arg, max_bytes);
+        }
+        spec
     }
 
     /// A `command` task running `argv`, for tests and tools.
@@ -201,6 +255,62 @@ mod tests {
             bad.validate(),
             Err(TaskSpecError::Invalid { field: "title", .. })
         ));
+    }
+
+    // Regression: `{"max_attempts":2}` was refused ("missing field
+    // backoff_ms") although every retry field is documented with a default.
+    #[test]
+    fn retry_fields_default_one_by_one() {
+        let spec = format!(
+            r#"{{"id":"{}","title":"x","agent":"pi","prompt":"hi","submitted_at_ms":0,"retry":{{"max_attempts":2}}}}"#,
+            TaskId::new()
+        );
+        let parsed: TaskSpec = crate::messages::decode(spec.as_bytes()).unwrap();
+        assert_eq!(parsed.retry.max_attempts, 2);
+        assert_eq!(parsed.retry.backoff_ms, 500);
+        assert!(!parsed.retry.retry_agent_failure);
+    }
+
+    // Regression: a task could require any number of tags (10,000 tags
+    // made every placement pass crawl).
+    #[test]
+    fn capabilities_are_bounded() {
+        let caps: TagSet = (0..65)
+            .map(|i| Tag::parse(&format!("t{i}")).unwrap())
+            .collect();
+        let t = TaskSpec::command("t", caps, vec!["true".into()]);
+        assert!(matches!(
+            t.validate(),
+            Err(TaskSpecError::Tag(TagError::TooMany {
+                field: "capabilities",
+                ..
+            }))
+        ));
+    }
+
+    // Regression: a spec whose `id` differed from its subject's was applied
+    // under the body's id (its Nats-Msg-Id deduplicated another task).
+    #[test]
+    fn spec_id_must_match_the_subject() {
+        let t = TaskSpec::command("t", TagSet::new(), vec!["true".into()]);
+        t.check_subject_id(&t.id).unwrap();
+        assert!(matches!(
+            t.check_subject_id(&TaskId::new()),
+            Err(TaskSpecError::Invalid { field: "id", .. })
+        ));
+    }
+
+    #[test]
+    fn salvage_keeps_what_reads_and_trims() {
+        let id = TaskId::new();
+        let payload =
+            serde_json::json!({"title": "x".repeat(1 << 20), "agent": "pi", "retry": "no"});
+        let spec = TaskSpec::salvage(id, &payload);
+        assert_eq!(spec.id, id);
+        assert_eq!(spec.title.len(), MAX_TITLE_LEN);
+        assert_eq!(spec.agent.as_str(), "pi");
+        let spec = TaskSpec::salvage(id, &serde_json::json!(42));
+        assert_eq!(spec.title, "(refused submission)");
     }
 
     #[test]

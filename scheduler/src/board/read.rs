@@ -171,6 +171,8 @@ impl BoardReader {
             spec,
             attempts,
             transitions,
+            trimmed: false,
+            omitted: None,
         }))
     }
 

@@ -1,6 +1,6 @@
 //! `status [--json]`
 
-use broker::messages::api::StatusReply;
+use broker::messages::api::{StatusReply, StatusRequest};
 use broker::subjects::api;
 use clap::Args;
 
@@ -13,7 +13,18 @@ pub struct StatusArgs {
 }
 
 pub async fn run(api_client: &ApiClient, args: StatusArgs) -> Result<(), CliError> {
-    let s: StatusReply = api_client.call(api::STATUS, &serde_json::json!({})).await?;
+    // Workers come in pages bounded by bytes: read them all.
+    let mut s: StatusReply = api_client
+        .call(api::STATUS, &StatusRequest::default())
+        .await?;
+    while let Some(after) = s.workers_next.take() {
+        let req = StatusRequest {
+            workers_after: Some(after),
+        };
+        let page: StatusReply = api_client.call(api::STATUS, &req).await?;
+        s.workers.extend(page.workers);
+        s.workers_next = page.workers_next;
+    }
     if args.json {
         return render::json(&s);
     }

@@ -6,9 +6,14 @@
 //! anywhere before the acknowledgement makes JetStream deliver the input
 //! again, and every handler is idempotent against a redelivery.
 
+mod cancel;
 pub mod core;
+mod dispatch;
 mod outbox;
+mod presence;
+mod reports;
 mod state;
+mod submit;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -25,8 +30,10 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use self::core::{Action, CommandError, Core, SubmitError};
+pub use self::cancel::CommandError;
+pub use self::core::{Action, Core};
 use self::state::{Active, Tasks};
+pub use self::submit::SubmitError;
 use crate::board::{Board, BoardError};
 use crate::fleet::Fleet;
 
@@ -97,7 +104,8 @@ pub enum Command {
 enum Input {
     Dispatched(Vec<(TaskId, u32)>),
     Command(Command),
-    Heartbeat(async_nats::Message),
+    /// Heartbeats that arrived together, applied in one turn.
+    Heartbeats(Vec<async_nats::Message>),
     Intake(
         Vec<
             Result<
@@ -117,7 +125,7 @@ impl Input {
         match self {
             Input::Dispatched(_) => "dispatched",
             Input::Command(_) => "command",
-            Input::Heartbeat(_) => "heartbeat",
+            Input::Heartbeats(_) => "heartbeats",
             Input::Intake(_) => "intake",
             Input::CostMode(_) => "cost_mode",
             Input::Tick => "tick",
@@ -172,7 +180,10 @@ pub async fn run(
     let mut presence = client
         .subscribe(subjects::PRESENCE_ALL)
         .await
-        .map_err(nats_err("subscribing to presence"))?;
+        .map_err(nats_err("subscribing to presence"))?
+        // A flood of adverts costs one turn (one transaction, one placement
+        // pass) per batch, not per heartbeat.
+        .ready_chunks(1024);
     let mut mode_watch = kv
         .watch(provision::COST_MODE_KEY)
         .await
@@ -192,12 +203,14 @@ pub async fn run(
     tracing::info!("scheduler ready");
 
     loop {
+        // Not biased: with every input ready at once (a flood of adverts,
+        // an intake backlog) each still gets its turns; a biased order let
+        // a heartbeat flood starve the intake and the tick.
         let input = tokio::select! {
-            biased;
             _ = shutdown.cancelled() => break,
             Some(done) = dispatched.recv() => Input::Dispatched(done),
             Some(cmd) = commands.recv() => Input::Command(cmd),
-            Some(msg) = presence.next() => Input::Heartbeat(msg),
+            Some(beats) = presence.next() => Input::Heartbeats(beats),
             batch = intake.next() => match batch {
                 Some(batch) => Input::Intake(batch),
                 None => return Err(ServiceError::Nats { what: "intake", source: "intake consumer ended".into() }),
@@ -241,16 +254,20 @@ fn apply(
     match input {
         Input::Dispatched(done) => core.dispatched(&tx, &done)?,
         Input::Command(cmd) => handle_command(core, &tx, cmd, now_ms)?,
-        Input::Heartbeat(msg) => match decode::<Heartbeat>(&msg.payload) {
-            Ok(beat) if core.admit_heartbeat(&msg.subject, &beat) => {
-                core.heartbeat(&tx, beat, Instant::now(), now_ms)?
+        Input::Heartbeats(beats) => {
+            for msg in beats {
+                match decode::<Heartbeat>(&msg.payload) {
+                    Ok(beat) if core.admit_heartbeat(&msg.subject, &beat) => {
+                        core.heartbeat(&tx, beat, Instant::now(), now_ms)?
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        core.count("malformed_heartbeats");
+                        tracing::warn!(subject = %msg.subject, %error, "malformed heartbeat dropped");
+                    }
+                }
             }
-            Ok(_) => {}
-            Err(error) => {
-                core.count("malformed_heartbeats");
-                tracing::warn!(subject = %msg.subject, %error, "malformed heartbeat dropped");
-            }
-        },
+        }
         Input::Intake(batch) => {
             for item in batch {
                 match item {
@@ -306,32 +323,24 @@ fn handle_intake(
     msg: &jetstream::Message,
     now_ms: i64,
 ) -> Result<bool, BoardError> {
-    let kind = subjects::parse_task_subject(&msg.subject).map(|(_, k)| k);
-    match kind {
-        Some("submit") => match decode::<TaskSpec>(&msg.payload) {
-            Ok(spec) => match core.submit(tx, spec.clone(), now_ms) {
-                Ok(_) => Ok(true),
-                Err(SubmitError::Invalid(rule)) => {
-                    core.count("invalid_submissions");
-                    tracing::warn!(task_id = %spec.id, error = %rule, "submission rejected");
-                    core.reject_submission(tx, &spec, &rule.to_string(), now_ms)?;
-                    Ok(true)
-                }
-                Err(SubmitError::Board(e)) => Err(e),
-            },
-            Err(error) => {
-                core.count("malformed_submissions");
-                tracing::warn!(subject = %msg.subject, %error, "malformed submission dropped");
-                Ok(false)
-            }
-        },
-        Some("report") => match decode::<Report>(&msg.payload) {
+    let parsed = subjects::parse_task_subject(&msg.subject);
+    match parsed {
+        Some((id, "submit")) => core.submit_intake(tx, id, &msg.payload, now_ms),
+        Some((_, "report")) => match decode::<Report>(&msg.payload) {
             // Permissions pin each host to its own report subject: a body
             // naming another worker is forged (or broken), never applied.
             Ok(report) if subjects::report_sender(&msg.subject) != Some(&report.worker.token()) => {
                 core.count("reports_sender_mismatch");
                 tracing::warn!(subject = %msg.subject, task_id = %report.task_id, worker = %report.worker,
                     "report naming another worker than its subject dropped");
+                Ok(false)
+            }
+            // Regression: a report was applied to the task its body named,
+            // whatever task its subject named.
+            Ok(report) if parsed.map(|(id, _)| id) != Some(report.task_id) => {
+                core.count("reports_task_mismatch");
+                tracing::warn!(subject = %msg.subject, task_id = %report.task_id, worker = %report.worker,
+                    "report naming another task than its subject dropped");
                 Ok(false)
             }
             Ok(report) => core.report(tx, report, now_ms).map(|_| true),
