@@ -41,7 +41,8 @@ impl WorkerHandle {
         // The hub provisions and workers only bind: a test without a
         // scheduler stands in for it.
         let js = async_nats::jetstream::new(client.clone());
-        let provisioning = broker::provision::provision_all(&js, &Default::default());
+        let limits = broker::provision::ProvisionConfig::default();
+        let provisioning = broker::provision::provision_all(&js, &limits);
         crate::within(Duration::from_secs(20), "provisioning", provisioning).await??;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(worker::run(client, config, shutdown.clone()));

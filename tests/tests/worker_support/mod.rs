@@ -98,7 +98,8 @@ impl Fleet {
         let client = nats.client().await?;
         let js = jetstream::new(client.clone());
         // The hub provisions; workers only bind (issue 12 item 10).
-        let provisioning = broker::provision::provision_all(&js, &Default::default());
+        let limits = broker::provision::ProvisionConfig::default();
+        let provisioning = broker::provision::provision_all(&js, &limits);
         within(Duration::from_secs(20), "provisioning", provisioning).await??;
         let reports = client.subscribe(subjects::TASK_REPORT_ALL).await?;
         let presence = client.subscribe(subjects::PRESENCE_ALL).await?;
