@@ -78,7 +78,8 @@ pub async fn run(
         config.state_dir.clone(),
     )
     .with_fleet_cost(fleet_cost)
-    .with_stall_after(config.limits.stall);
+    .with_stall_after(config.limits.stall)
+    .with_redactor(crate::secret::Redactor::new(config.agents.secrets()));
     let mut state = State {
         presence: Presence::new(&config, incarnation),
         fleet_mode,
