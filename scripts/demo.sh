@@ -33,10 +33,12 @@ trap cleanup EXIT INT TERM
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "identities first (colibri admin, in $ids): hub, an operator, one per host"
-"$bin/colibri" admin add-user scheduler hub --out "$ids" >/dev/null
-"$bin/colibri" admin add-user operator demo --out "$ids" >/dev/null
-"$bin/colibri" admin add-host laptop --capabilities linux --out "$ids" >/dev/null
-"$bin/colibri" admin add-host gpu-box --capabilities linux,gpu,image-render,screenshot --out "$ids" >/dev/null
+{
+    "$bin/colibri" admin add-user scheduler hub --out "$ids"
+    "$bin/colibri" admin add-user operator demo --out "$ids"
+    "$bin/colibri" admin add-host laptop --capabilities linux --out "$ids"
+    "$bin/colibri" admin add-host gpu-box --capabilities linux,gpu,image-render,screenshot --out "$ids"
+} >/dev/null 2>"$demo/admin.log"
 ls "$ids"
 # identity NAME: the flags that connect as NAME.
 identity() { echo "--nats-nkey $ids/$1.nk --inbox-prefix _INBOX.$1"; }

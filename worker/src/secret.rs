@@ -75,7 +75,7 @@ impl Redactor {
             }
             out.push((value.to_vec(), format!("[redacted:{name}]").into_bytes()));
         }
-        out.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        out.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         Redactor { secrets: out }
     }
 
