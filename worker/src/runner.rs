@@ -49,6 +49,10 @@ pub async fn run(
     })?;
     let js = jetstream::new(client.clone());
     provision(&js, &shutdown).await?;
+    if shutdown.is_cancelled() {
+        // Told to stop while waiting for the hub: nothing was started.
+        return Ok(());
+    }
     broker::connect::warn_if_open(&client);
     if config.confinement == Confinement::Unconfined {
         warn!(worker = %config.worker_id, "agents run UNCONFINED: full access to this host's files, processes and network");
@@ -111,11 +115,11 @@ async fn provision(
 ) -> Result<(), WorkerError> {
     let mut delay = Duration::from_millis(200);
     loop {
-        if provisioned(js).await {
-            return Ok(());
-        }
-        if shutdown.is_cancelled() {
-            return Ok(());
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            ready = provisioned(js) => if ready {
+                return Ok(());
+            },
         }
         info!(
             awaiting = "the hub (colibri-scheduler) to provision the streams",
