@@ -1,6 +1,9 @@
 #!/bin/sh
 # Local demo: nats-server, the scheduler, two workers, a few tasks, and their
 # lifecycle printed live. Everything runs under .demo/ and stops on exit.
+# The hub is authenticated, as in production: `colibri admin` makes an nkey
+# identity per process under .demo/identities, nats-server admits only those,
+# and each process connects with its own seed and inbox prefix.
 #
 #   sh scripts/demo.sh            # COLIBRI_DEMO_PORT=4290 by default
 set -eu
@@ -17,6 +20,7 @@ mkdir -p "$demo/nats" "$demo/laptop" "$demo/gpu-box"
 COLIBRI_NATS_URL="nats://127.0.0.1:$port"
 export COLIBRI_NATS_URL
 pids=""
+ids="$demo/identities"
 
 cleanup() {
     # shellcheck disable=SC2086
@@ -28,12 +32,36 @@ trap cleanup EXIT INT TERM
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-say "nats-server with JetStream on 127.0.0.1:$port"
-"$root/.tools/bin/nats-server" -a 127.0.0.1 -p "$port" -js -sd "$demo/nats" >"$demo/nats.log" 2>&1 &
+say "identities first (colibri admin, in $ids): hub, an operator, one per host"
+{
+    "$bin/colibri" admin add-user scheduler hub --out "$ids"
+    "$bin/colibri" admin add-user operator demo --out "$ids"
+    "$bin/colibri" admin add-host laptop --capabilities linux --out "$ids"
+    "$bin/colibri" admin add-host gpu-box --capabilities linux,gpu,image-render,screenshot --out "$ids"
+} >/dev/null 2>"$demo/admin.log"
+ls "$ids"
+# identity NAME: the flags that connect as NAME.
+identity() { echo "--nats-nkey $ids/$1.nk --inbox-prefix _INBOX.$1"; }
+# This shell's `colibri` commands run as the operator.
+COLIBRI_NATS_NKEY="$ids/demo.nk"
+COLIBRI_INBOX_PREFIX="_INBOX.demo"
+export COLIBRI_NATS_NKEY COLIBRI_INBOX_PREFIX
+
+say "nats-server with JetStream on 127.0.0.1:$port, admitting only those identities"
+cat >"$demo/nats-server.conf" <<CONF
+host: "127.0.0.1"
+port: $port
+jetstream {
+  store_dir: "$demo/nats"
+}
+include "identities/authorization.conf"
+CONF
+"$root/.tools/bin/nats-server" -c "$demo/nats-server.conf" >"$demo/nats.log" 2>&1 &
 pids="$pids $!"
 
-say "scheduler (board: $demo/board.db)"
-"$bin/colibri-scheduler" --db "$demo/board.db" >"$demo/scheduler.log" 2>&1 &
+say "scheduler (board: $demo/board.db; hosts: $ids/hosts.json)"
+# shellcheck disable=SC2046 # identity's words are separate flags
+"$bin/colibri-scheduler" --db "$demo/board.db" --hosts "$ids/hosts.json" $(identity hub) >"$demo/scheduler.log" 2>&1 &
 pids="$pids $!"
 i=0
 until "$bin/colibri" status >/dev/null 2>&1; do
@@ -57,11 +85,13 @@ argv = ["$bin/colibri-fake-agent", "--sleep-ms", "400", "{prompt}"]
 TOML
 
 say "two workers ($confinement): laptop [linux] x2, gpu-box [linux gpu image-render screenshot] x1"
+# shellcheck disable=SC2046 # identity's words are separate flags
 "$bin/colibri-worker" --config "$demo/worker.toml" --worker-id laptop --capabilities linux --slots 2 \
-    --state-dir "$demo/laptop" --allow-command --confinement "$confinement" >"$demo/laptop.log" 2>&1 &
+    --state-dir "$demo/laptop" --allow-command --confinement "$confinement" $(identity laptop) >"$demo/laptop.log" 2>&1 &
 pids="$pids $!"
+# shellcheck disable=SC2046 # identity's words are separate flags
 "$bin/colibri-worker" --config "$demo/worker.toml" --worker-id gpu-box --capabilities linux,gpu,image-render,screenshot \
-    --slots 1 --state-dir "$demo/gpu-box" --allow-command --confinement "$confinement" >"$demo/gpu-box.log" 2>&1 &
+    --slots 1 --state-dir "$demo/gpu-box" --allow-command --confinement "$confinement" $(identity gpu-box) >"$demo/gpu-box.log" 2>&1 &
 pids="$pids $!"
 i=0
 until [ "$("$bin/colibri" status --json | grep -c '"online": true')" -ge 2 ]; do

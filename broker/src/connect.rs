@@ -152,3 +152,22 @@ impl ConnectArgs {
             })
     }
 }
+
+/// Logs a warning when the server lets any client in (its INFO says no
+/// authorization is required): then any process that reaches the hub, an
+/// agent on a `network = "host"` worker for one, may submit, cancel and read
+/// every session. Call it once connected (a daemon's [`ConnectArgs::connect`]
+/// returns before the first connection, when there is no INFO yet). Returns
+/// whether the server is open.
+pub fn warn_if_open(client: &async_nats::Client) -> bool {
+    let info = client.server_info();
+    if info.auth_required {
+        return false;
+    }
+    tracing::warn!(
+        server = %info.server_id,
+        "nats-server lets anyone in (no authorization): make identities with `colibri admin` \
+         and include their authorization.conf in the server's config (packaging/README.md)"
+    );
+    true
+}

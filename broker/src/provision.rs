@@ -12,7 +12,16 @@
 //!
 //! Work-queue streams refuse new messages when full rather than drop
 //! accepted ones: a submit into a full intake fails loudly at the client.
+//!
+//! Only the hub (the scheduler) provisions, from its own settings
+//! (`[streams]` in scheduler.toml); workers and clients only bind, so no two
+//! processes ever provision with different replicas or limits. A JetStream
+//! that is not ready yet (a cold cluster boot, a leader election, quorum lost,
+//! resources still settling after a scale) is waited for by
+//! [`until_ready`]; only a configuration error (the disk cannot hold the
+//! limits, a setting the server refuses) ends provisioning.
 
+use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream::{
@@ -67,22 +76,45 @@ pub struct ProvisionConfig {
     pub max_msg_size: i32,
 }
 
+/// One mebibyte, the unit of the `[streams] *_mib` settings.
+pub const MIB: i64 = 1 << 20;
+
 impl Default for ProvisionConfig {
+    /// Limits that fit a hub with a 10 GB disk: 4 GiB reserved in all
+    /// (nats-server admits reservations up to 75 % of the store disk's free
+    /// space, so about 5.8 GB free is enough).
     fn default() -> Self {
-        const GIB: i64 = 1 << 30;
         ProvisionConfig {
             replicas: 1,
             duplicate_window: Duration::from_secs(120),
-            intake_max_bytes: GIB,
-            work_max_bytes: GIB,
+            intake_max_bytes: 256 * MIB,
+            work_max_bytes: 256 * MIB,
             events_max_age: Duration::from_secs(7 * 24 * 3600),
-            events_max_bytes: 4 * GIB,
+            events_max_bytes: 512 * MIB,
             sessions_max_age: Duration::from_secs(7 * 24 * 3600),
-            sessions_max_bytes: 8 * GIB,
+            sessions_max_bytes: 2048 * MIB,
             transcripts_max_age: Duration::from_secs(30 * 24 * 3600),
-            transcripts_max_bytes: 2 * GIB,
+            transcripts_max_bytes: 1024 * MIB,
             max_msg_size: 1 << 20,
         }
+    }
+}
+
+impl ProvisionConfig {
+    /// Every stream's `max_bytes` with the `[streams]` setting that sets it.
+    pub fn reservations(&self) -> [(&'static str, i64); 5] {
+        [
+            ("intake_mib", self.intake_max_bytes),
+            ("work_mib", self.work_max_bytes),
+            ("events_mib", self.events_max_bytes),
+            ("sessions_mib", self.sessions_max_bytes),
+            ("transcripts_mib", self.transcripts_max_bytes),
+        ]
+    }
+
+    /// What the streams reserve on each server of the hub, in bytes.
+    pub fn reserved_bytes(&self) -> i64 {
+        self.reservations().iter().map(|(_, b)| *b).sum()
     }
 }
 
@@ -115,6 +147,159 @@ pub enum ProvisionError {
         #[source]
         source: async_nats::Error,
     },
+    /// nats-server refused a stream's reservation (10047): the limits do not
+    /// fit the store disk.
+    #[error(
+        "creating stream {stream}: nats-server has no room for the streams' limits \
+         (insufficient storage resources, 10047). They reserve {reserved_mib} MiB in all on \
+         every server ({detail}); nats-server admits reservations up to its jetstream \
+         max_file_store, by default 75% of the free space under store_dir. Lower the \
+         [streams] settings named here in scheduler.toml, or free disk space, or raise \
+         max_file_store"
+    )]
+    Storage {
+        stream: String,
+        reserved_mib: i64,
+        /// `intake_mib = 256, work_mib = 256, ...`.
+        detail: String,
+    },
+}
+
+/// JetStream API error codes that mean "not ready yet" rather than "wrong".
+/// A cluster answers them while it boots, elects a leader, has lost its
+/// quorum or is still moving resources after a scale.
+const NOT_READY_CODES: &[u64] = &[
+    10004, // cluster incomplete results
+    10005, // no suitable peers for placement (peers still booting)
+    10007, // cluster not assigned to this server
+    10008, // JetStream system temporarily unavailable (no meta leader)
+    10009, // cluster can not handle request (not leader)
+    10023, // insufficient resources (right after scaling streams)
+    10040, // peer not a member (yet)
+    10202, // membership change in progress
+];
+
+/// The storage reservation error (`JSStorageResourcesExceededErr`).
+const STORAGE_CODE: u64 = 10047;
+
+/// The JetStream API error code anywhere in `error`'s source chain.
+fn jetstream_code(error: &(dyn std::error::Error + 'static)) -> Option<u64> {
+    use async_nats::jetstream::context::{
+        CreateStreamError, CreateStreamErrorKind, GetStreamError, GetStreamErrorKind,
+    };
+    use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind};
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(js) = e.downcast_ref::<async_nats::jetstream::Error>() {
+            return Some(js.error_code().0);
+        }
+        if let Some(c) = e.downcast_ref::<CreateStreamError>() {
+            if let CreateStreamErrorKind::JetStream(js) = c.kind() {
+                return Some(js.error_code().0);
+            }
+        }
+        if let Some(c) = e.downcast_ref::<GetStreamError>() {
+            if let GetStreamErrorKind::JetStream(js) = c.kind() {
+                return Some(js.error_code().0);
+            }
+        }
+        if let Some(c) = e.downcast_ref::<ConsumerError>() {
+            if let ConsumerErrorKind::JetStream(js) = c.kind() {
+                return Some(js.error_code().0);
+            }
+        }
+        next = e.source();
+    }
+    None
+}
+
+impl ProvisionError {
+    /// The failing NATS error, when there is one.
+    fn nats_source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ProvisionError::Stream { source, .. }
+            | ProvisionError::Consumer { source, .. }
+            | ProvisionError::ObjectStore { source, .. }
+            | ProvisionError::KeyValue { source, .. } => Some(source.as_ref()),
+            ProvisionError::Storage { .. } => None,
+        }
+    }
+
+    /// The JetStream API error code the server answered, if it answered one.
+    pub fn jetstream_code(&self) -> Option<u64> {
+        self.nats_source().and_then(jetstream_code)
+    }
+
+    /// True when JetStream is not ready yet (no answer, a timeout, a leader
+    /// election, quorum lost, resources settling): waiting helps. False for a
+    /// configuration error, which waiting does not fix.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ProvisionError::Storage { .. } => false,
+            _ => match self.jetstream_code() {
+                // No API answer: no responders, a timeout, a lost connection.
+                None => true,
+                Some(code) => NOT_READY_CODES.contains(&code),
+            },
+        }
+    }
+
+    /// A 10047 turned into [`ProvisionError::Storage`] with the numbers and
+    /// the settings to change; any other error as it is.
+    fn explain_storage(self, cfg: &ProvisionConfig) -> ProvisionError {
+        match (&self, self.jetstream_code()) {
+            (ProvisionError::Stream { stream, .. }, Some(STORAGE_CODE)) => {
+                storage_error(stream, cfg)
+            }
+            (ProvisionError::ObjectStore { .. }, Some(STORAGE_CODE)) => {
+                storage_error(TRANSCRIPTS_STREAM, cfg)
+            }
+            _ => self,
+        }
+    }
+}
+
+fn storage_error(stream: &str, cfg: &ProvisionConfig) -> ProvisionError {
+    let detail = cfg
+        .reservations()
+        .iter()
+        .map(|(setting, bytes)| format!("{setting} = {}", bytes / MIB))
+        .collect::<Vec<_>>()
+        .join(", ");
+    ProvisionError::Storage {
+        stream: stream.to_string(),
+        reserved_mib: cfg.reserved_bytes() / MIB,
+        detail,
+    }
+}
+
+/// Runs `op` until it succeeds or fails with a configuration error, waiting
+/// with exponential backoff (200 ms up to 5 s) for as long as JetStream is
+/// not ready, and logging each wait with `awaiting` (what is waited for) and
+/// the error seen. Cancel by dropping the future.
+pub async fn until_ready<T, F, Fut>(awaiting: &'static str, op: F) -> Result<T, ProvisionError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ProvisionError>>,
+{
+    use backon::{ExponentialBuilder, Retryable};
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times();
+    op.retry(backoff)
+        .when(ProvisionError::is_transient)
+        .notify(|error, wait| {
+            tracing::warn!(
+                awaiting,
+                error = %error,
+                jetstream_code = error.jetstream_code(),
+                retry_in_ms = wait.as_millis() as u64,
+                "JetStream not ready; waiting"
+            )
+        })
+        .await
 }
 
 /// The stream configurations, exactly as provisioned.
@@ -207,19 +392,23 @@ pub async fn provision_all(
 ) -> Result<(), ProvisionError> {
     for config in stream_configs(cfg) {
         let name = stream_name(&config.name);
-        js.create_or_update_stream(config)
-            .await
-            .map_err(|e| ProvisionError::Stream {
+        js.create_or_update_stream(config).await.map_err(|e| {
+            ProvisionError::Stream {
                 stream: name,
                 source: e.into(),
-            })?;
+            }
+            .explain_storage(cfg)
+        })?;
     }
     config_bucket(js, cfg).await?;
     js.create_or_update_stream(transcripts_stream_config(cfg))
         .await
-        .map_err(|e| ProvisionError::ObjectStore {
-            bucket: TRANSCRIPTS_BUCKET,
-            source: e.into(),
+        .map_err(|e| {
+            ProvisionError::ObjectStore {
+                bucket: TRANSCRIPTS_BUCKET,
+                source: e.into(),
+            }
+            .explain_storage(cfg)
         })?;
     Ok(())
 }
@@ -318,5 +507,73 @@ mod tests {
         }
         assert_eq!(cfgs[0].retention, RetentionPolicy::WorkQueue);
         assert_eq!(cfgs[0].discard, DiscardPolicy::New);
+    }
+
+    /// Regression: the default limits reserved 16 GiB, so nats-server refused
+    /// the streams (10047) on any hub with less than about 22 GB free. They
+    /// must fit a 10 GB disk: 75 % of its free space after an OS.
+    #[test]
+    fn default_limits_fit_a_10_gb_disk() {
+        let cfg = ProvisionConfig::default();
+        let free_on_a_10_gb_disk: i64 = 7_000_000_000;
+        assert!(
+            cfg.reserved_bytes() + transcripts_stream_config(&cfg).max_bytes
+                - cfg.transcripts_max_bytes
+                <= free_on_a_10_gb_disk * 3 / 4
+        );
+        assert_eq!(cfg.reserved_bytes(), 4096 * MIB);
+    }
+
+    #[test]
+    fn storage_error_names_the_numbers_and_settings() {
+        let text = storage_error(SESSIONS_STREAM, &ProvisionConfig::default()).to_string();
+        assert!(text.contains("4096 MiB in all"), "{text}");
+        assert!(text.contains("sessions_mib = 2048"), "{text}");
+        assert!(text.contains("[streams]"), "{text}");
+        assert!(text.contains("10047"), "{text}");
+    }
+
+    #[test]
+    fn no_answer_is_transient_and_storage_is_not() {
+        let timeout = ProvisionError::Stream {
+            stream: INTAKE_STREAM,
+            source: "jetstream request timed out".into(),
+        };
+        assert!(timeout.is_transient());
+        assert!(!storage_error(INTAKE_STREAM, &ProvisionConfig::default()).is_transient());
+    }
+
+    /// The server's answer `code` to a stream create, as async-nats hands it.
+    fn answered(code: u64) -> ProvisionError {
+        use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
+        let body = format!(r#"{{"code":503,"err_code":{code},"description":"answer {code}"}}"#);
+        let js: async_nats::jetstream::Error = serde_json::from_str(&body).unwrap();
+        ProvisionError::Stream {
+            stream: INTAKE_STREAM,
+            source: Box::new(CreateStreamError::new(CreateStreamErrorKind::JetStream(js))),
+        }
+    }
+
+    /// Regression: on a 3-node cluster the scheduler exited 1 on 10023 right
+    /// after a scale and on 10008 while the meta group had no leader.
+    #[test]
+    fn cluster_not_ready_answers_are_transient() {
+        for code in [10023, 10008, 10005, 10009] {
+            let e = answered(code);
+            assert_eq!(e.jetstream_code(), Some(code));
+            assert!(e.is_transient(), "{code}");
+        }
+    }
+
+    #[test]
+    fn configuration_answers_end_provisioning() {
+        // 10058: stream name already in use with a different configuration.
+        assert!(!answered(10058).is_transient());
+        let storage = answered(STORAGE_CODE).explain_storage(&ProvisionConfig::default());
+        assert!(
+            matches!(storage, ProvisionError::Storage { .. }),
+            "{storage}"
+        );
+        assert!(!storage.is_transient());
     }
 }

@@ -77,4 +77,4 @@ pub use pump::{
     SessionSummary,
 };
 pub use transcript::{Transcript, TranscriptConfig};
-pub use watch::{follow, FollowError};
+pub use watch::{follow, follow_worker, FollowError, Skipped};

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use broker::connect::ConnectArgs;
-use broker::provision::ProvisionConfig;
+use broker::provision::{ProvisionConfig, MIB};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
 use daemon::logging::{LogConfig, LogFormat};
@@ -139,6 +139,43 @@ impl SchedulerConfig {
             let message = format!("{replicas} must be between 1 and 5");
             problems.push(Problem::new("streams.replicas", message));
         }
+        let mut provision = ProvisionConfig {
+            replicas,
+            ..ProvisionConfig::default()
+        };
+        let streams = &file.streams;
+        for (setting, value, limit) in [
+            (
+                "intake_mib",
+                streams.intake_mib,
+                &mut provision.intake_max_bytes,
+            ),
+            ("work_mib", streams.work_mib, &mut provision.work_max_bytes),
+            (
+                "events_mib",
+                streams.events_mib,
+                &mut provision.events_max_bytes,
+            ),
+            (
+                "sessions_mib",
+                streams.sessions_mib,
+                &mut provision.sessions_max_bytes,
+            ),
+            (
+                "transcripts_mib",
+                streams.transcripts_mib,
+                &mut provision.transcripts_max_bytes,
+            ),
+        ] {
+            match value {
+                None => {}
+                Some(mib) if (1..=1 << 30).contains(&mib) => *limit = mib * MIB,
+                Some(mib) => {
+                    let message = format!("{mib} must be a size in MiB, at least 1");
+                    problems.push(Problem::new(format!("streams.{setting}"), message));
+                }
+            }
+        }
         let hosts = match args.hosts.clone().or(file.hosts.clone()) {
             Some(path) => match broker::identity::Registry::load(&path) {
                 Ok(reg) => Some(reg),
@@ -156,10 +193,7 @@ impl SchedulerConfig {
             db: db.unwrap_or_default(),
             connect,
             log,
-            provision: ProvisionConfig {
-                replicas,
-                ..ProvisionConfig::default()
-            },
+            provision,
             hosts,
             config_file,
         })
@@ -216,6 +250,24 @@ mod tests {
         .unwrap();
         assert_eq!(c.db, PathBuf::from("/tmp/b.db"));
         assert_eq!(c.connect.nats_url, vec!["nats://127.0.0.1:1"]);
+    }
+
+    #[test]
+    fn stream_limits_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        let text = "db = \"/tmp/a.db\"\n[streams]\nsessions_mib = 300\nintake_mib = 64\n";
+        std::fs::write(&path, text).unwrap();
+        let c = resolve(&["x", "--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(c.provision.sessions_max_bytes, 300 * MIB);
+        assert_eq!(c.provision.intake_max_bytes, 64 * MIB);
+        assert_eq!(
+            c.provision.events_max_bytes,
+            ProvisionConfig::default().events_max_bytes
+        );
+        std::fs::write(&path, "db = \"/tmp/a.db\"\n[streams]\nwork_mib = 0\n").unwrap();
+        let e = resolve(&["x", "--config", path.to_str().unwrap()]).unwrap_err();
+        assert_eq!(fields(&e), ["streams.work_mib"], "{e}");
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! - **Where it listens.** Loopback by default, or a given (tailnet) address.
 //!   An unspecified address (`0.0.0.0`, `::`) would expose the bus on every
 //!   interface, so [`render`] refuses it unless [`HubConfig::allow_any`] is set.
+//! - **Who may connect.** Only holders of an identity made by `colibri admin`:
+//!   the config includes the `authorization.conf` it writes, so nats-server
+//!   does not start until identities exist. A hub anyone may use is the
+//!   explicit exception ([`HubConfig::open`]).
 //! - **When JetStream fsyncs.** `sync_interval: always` by default: the Jepsen
 //!   analysis of NATS 2.12 showed that the default lazy fsync (every two
 //!   minutes) loses acknowledged writes on power loss. The price is lower
@@ -24,6 +28,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The file `colibri admin` writes with the authorization block, included by
+/// default from the config's own directory.
+pub const AUTHORIZATION_FILE: &str = "authorization.conf";
 /// The client port nats-server uses unless told otherwise.
 pub const DEFAULT_PORT: u16 = 4222;
 /// JetStream store of the FreeBSD hub.
@@ -55,13 +62,17 @@ pub struct HubConfig {
     pub sync_interval: SyncInterval,
     /// Body of an `authorization { ... }` block, inserted as given (indented).
     pub authorization: Option<String>,
+    /// File holding the `authorization { ... }` block that `colibri admin`
+    /// writes (`authorization.conf`), included by the config; relative to the
+    /// config file's directory. Set by default ([`AUTHORIZATION_FILE`]).
+    pub authorization_file: Option<String>,
     /// Permit an unspecified listen address (`0.0.0.0` or `::`). Off by default.
     pub allow_any: bool,
 }
 
 impl HubConfig {
-    /// Defaults (loopback, port 4222, `sync_interval: always`, no
-    /// authorization) with the given store directory.
+    /// Defaults (loopback, port 4222, `sync_interval: always`, the
+    /// identities of [`AUTHORIZATION_FILE`]) with the given store directory.
     pub fn new(store_dir: impl Into<PathBuf>) -> Self {
         HubConfig {
             listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -69,7 +80,18 @@ impl HubConfig {
             store_dir: store_dir.into(),
             sync_interval: SyncInterval::Always,
             authorization: None,
+            authorization_file: Some(AUTHORIZATION_FILE.to_string()),
             allow_any: false,
+        }
+    }
+
+    /// This config without any authorization: anyone who reaches the port
+    /// may submit, cancel and read every session. For a throwaway hub only.
+    pub fn open(self) -> Self {
+        HubConfig {
+            authorization: None,
+            authorization_file: None,
+            ..self
         }
     }
 
@@ -98,6 +120,10 @@ pub enum NatsConfigError {
     BadSyncInterval { interval: Duration },
     /// `authorization` is empty or its braces do not balance.
     BadAuthorization,
+    /// Both `authorization` and `authorization_file` are set.
+    TwoAuthorizations,
+    /// `authorization_file` is empty or holds a character the config cannot quote.
+    BadAuthorizationFile { file: String },
 }
 
 impl NatsConfigError {
@@ -108,7 +134,10 @@ impl NatsConfigError {
             NatsConfigError::ZeroPort => "port",
             NatsConfigError::BadStoreDir { .. } => "store_dir",
             NatsConfigError::BadSyncInterval { .. } => "sync_interval",
-            NatsConfigError::BadAuthorization => "authorization",
+            NatsConfigError::BadAuthorization | NatsConfigError::TwoAuthorizations => {
+                "authorization"
+            }
+            NatsConfigError::BadAuthorizationFile { .. } => "authorization_file",
         }
     }
 }
@@ -135,6 +164,16 @@ impl fmt::Display for NatsConfigError {
             NatsConfigError::BadAuthorization => {
                 write!(f, "must be a non-empty block body with balanced braces")
             }
+            NatsConfigError::TwoAuthorizations => {
+                write!(
+                    f,
+                    "set either authorization or authorization_file, not both"
+                )
+            }
+            NatsConfigError::BadAuthorizationFile { file } => write!(
+                f,
+                "{file:?} must be a non-empty path without quotes, backslashes or newlines"
+            ),
         }
     }
 }
@@ -177,6 +216,14 @@ pub fn render(config: &HubConfig) -> Result<String, NatsConfigError> {
             return Err(NatsConfigError::BadAuthorization)
         }
         Some(body) => Some(body),
+    };
+    let authorization_file = match &config.authorization_file {
+        None => None,
+        Some(_) if authorization.is_some() => return Err(NatsConfigError::TwoAuthorizations),
+        Some(file) if file.trim().is_empty() || file.contains(['"', '\\', '\n', '\r']) => {
+            return Err(NatsConfigError::BadAuthorizationFile { file: file.clone() })
+        }
+        Some(file) => Some(file),
     };
 
     let mut out = String::new();
@@ -233,6 +280,30 @@ pub fn render(config: &HubConfig) -> Result<String, NatsConfigError> {
         }
         let _ = writeln!(out, "}}");
     }
+    if let Some(file) = authorization_file {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "# Only holders of an identity made by `colibri admin` connect: {file} is"
+        );
+        let _ = writeln!(
+            out,
+            "# the block it writes (`colibri admin add-user scheduler hub --out DIR`, then"
+        );
+        let _ = writeln!(
+            out,
+            "# add-host per worker). nats-server does not start until the file exists."
+        );
+        let _ = writeln!(out, "include \"{file}\"");
+    }
+    if authorization.is_none() && authorization_file.is_none() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "# No authorization: anyone who reaches this port may submit, cancel and"
+        );
+        let _ = writeln!(out, "# read every session.");
+    }
     Ok(out)
 }
 
@@ -277,6 +348,11 @@ jetstream {
   # throughput: every acknowledged write waits for the disk.
   sync_interval: always
 }
+
+# Only holders of an identity made by `colibri admin` connect: authorization.conf is
+# the block it writes (`colibri admin add-user scheduler hub --out DIR`, then
+# add-host per worker). nats-server does not start until the file exists.
+include "authorization.conf"
 "#;
 
     #[test]
@@ -297,7 +373,7 @@ jetstream {
             port: 4333,
             sync_interval: SyncInterval::Every(Duration::from_secs(30)),
             authorization: Some("\ntoken: \"s3cr{t\"\n\nusers = [ { user: a } ]\n".into()),
-            ..HubConfig::new("/srv/nats")
+            ..HubConfig::new("/srv/nats").open()
         };
         let text = render(&config).unwrap();
         let tail = "host: \"100.101.102.103\"\nport: 4333\n";
@@ -307,6 +383,32 @@ jetstream {
         assert!(text.ends_with(
             "}\n\nauthorization {\n  token: \"s3cr{t\"\n\n  users = [ { user: a } ]\n}\n"
         ));
+    }
+
+    #[test]
+    fn an_open_hub_says_so() {
+        let text = render(&HubConfig::linux().open()).unwrap();
+        assert!(!text.contains("include"), "{text}");
+        assert!(text.ends_with(
+            "}\n\n# No authorization: anyone who reaches this port may submit, cancel and\n# read every session.\n"
+        ));
+    }
+
+    #[test]
+    fn inline_and_included_authorization_are_exclusive() {
+        let config = HubConfig {
+            authorization: Some("users = []".into()),
+            ..HubConfig::linux()
+        };
+        assert_eq!(
+            render(&config).unwrap_err(),
+            NatsConfigError::TwoAuthorizations
+        );
+        let config = HubConfig {
+            authorization_file: Some("a\"b".into()),
+            ..HubConfig::linux()
+        };
+        assert_eq!(render(&config).unwrap_err().field(), "authorization_file");
     }
 
     #[test]

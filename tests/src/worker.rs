@@ -38,6 +38,12 @@ impl WorkerHandle {
         config.connect = nats.connect_args();
         configure(&mut config);
         let client = nats.client().await?;
+        // The hub provisions and workers only bind: a test without a
+        // scheduler stands in for it.
+        let js = async_nats::jetstream::new(client.clone());
+        let limits = broker::provision::ProvisionConfig::default();
+        let provisioning = broker::provision::provision_all(&js, &limits);
+        crate::within(Duration::from_secs(20), "provisioning", provisioning).await??;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(worker::run(client, config, shutdown.clone()));
         Ok(WorkerHandle {

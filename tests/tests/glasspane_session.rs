@@ -363,3 +363,107 @@ async fn live_bytes_per_session_are_bounded() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `colibri`, built once for this test binary.
+fn colibri_bin() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .args(["build", "-q", "-p", "colibri-scheduler", "--bin", "colibri"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status();
+            assert!(status.is_ok_and(|s| s.success()), "building colibri failed");
+            harness::workspace_bin("colibri")
+        })
+        .clone()
+}
+
+/// Stores `event` in the sessions stream on the subject of `on` (the
+/// publishing host's own, which its permissions allow).
+async fn store_event(
+    js: &async_nats::jetstream::Context,
+    on: &WorkerId,
+    event: &SessionEvent,
+) -> anyhow::Result<()> {
+    let subject = broker::subjects::session(&event.session, on, event.kind());
+    let ack = js.publish(subject, broker::messages::encode(event)).await?;
+    within(
+        T,
+        "session event stored",
+        std::future::IntoFuture::into_future(ack),
+    )
+    .await??;
+    Ok(())
+}
+
+/// Regression (issue 13): a host may publish only on its own session
+/// subjects, but `colibri watch` believed any host that did, so a forged
+/// `end` from another host into debby's session made `watch` exit 0 while
+/// the task still ran. Now only the worker of the session's attempt (from
+/// the board) speaks for it; the forged event is skipped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_session_end_from_another_worker_is_ignored_by_watch() -> anyhow::Result<()> {
+    let (nats, client, js) = setup().await?;
+    let dir = tempfile::tempdir()?;
+    let _scheduler = harness::SchedulerHandle::start(&nats, &dir.path().join("board.db")).await?;
+    let mut debby = harness::SimWorker::start(nats.client().await?, "debby", &["linux"], 1).await?;
+    let board = harness::BoardClient::new(client.clone());
+    let spec = broker::messages::TaskSpec::command(
+        "watched",
+        broker::TagSet::parse_lists(["linux"])?,
+        vec!["/bin/true".into()],
+    );
+    board.create(&spec).await?;
+    let run = debby.next_run(T).await?;
+    debby.started(&run).await?;
+
+    let event = |worker: &WorkerId, seq, event| SessionEvent {
+        v: 1,
+        session: run.session,
+        seq,
+        task_id: run.task.id,
+        attempt: run.attempt,
+        worker: worker.clone(),
+        at_ms: broker::time_ms::now_ms(),
+        event,
+    };
+    let domedog = WorkerId::parse("domedog")?;
+    let running = Event::Lifecycle {
+        pane: Pane::Running,
+        reason: None,
+    };
+    let forged = Event::End {
+        success: true,
+        reason: Some("forged by domedog".into()),
+    };
+    let real = Event::End {
+        success: false,
+        reason: Some("the real end".into()),
+    };
+    store_event(&js, &debby.id, &event(&debby.id, 1, running)).await?;
+    store_event(&js, &domedog, &event(&domedog, 2, forged)).await?;
+    store_event(&js, &debby.id, &event(&debby.id, 2, real)).await?;
+
+    for id in [run.task.id.0, run.session.0] {
+        let mut cmd = tokio::process::Command::new(colibri_bin());
+        cmd.args(["watch", &id.to_string(), "--json"])
+            .env("COLIBRI_NATS_URL", nats.url())
+            .kill_on_drop(true);
+        let out = within(T, "colibri watch", cmd.output()).await??;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "watch {id}: {stdout}{stderr}");
+        assert!(stderr.contains("the real end"), "watch {id}: {stderr}");
+        assert!(
+            !stdout.contains("forged by domedog"),
+            "watch {id}: {stdout}"
+        );
+        assert!(
+            stderr.contains("skipped 1 event(s) not published by the session's worker"),
+            "watch {id}: {stderr}"
+        );
+    }
+    Ok(())
+}

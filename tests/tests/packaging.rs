@@ -767,6 +767,7 @@ fn shipped_hub_configs_equal_the_generator_output() {
     assert_eq!(freebsd, render(&HubConfig::freebsd()).unwrap());
     assert_eq!(linux, render(&HubConfig::linux()).unwrap());
     for conf in [&freebsd, &linux] {
+        line_index(conf, "include \"authorization.conf\"");
         line_index(conf, "  sync_interval: always");
         line_index(conf, "host: \"127.0.0.1\"");
         line_index(conf, "port: 4222");
@@ -800,6 +801,16 @@ fn nats_server_accepts_the_shipped_hub_configs() {
         assert_ne!(local, text_in, "{conf}: store_dir not found");
         let file = dir.path().join("nats-server.conf");
         fs::write(&file, local).unwrap();
+        // Authenticated by default (issue 13): without the identities'
+        // authorization.conf next to it, nats-server refuses to start.
+        let out = run_bounded(Command::new(&nats).arg("-t").arg("-c").arg(&file), DEADLINE);
+        assert!(!out.status.success(), "{conf}: started without identities");
+        assert!(
+            text(&out.stderr).contains("authorization.conf"),
+            "{conf}: {}",
+            text(&out.stderr)
+        );
+        fs::write(dir.path().join("authorization.conf"), hub_authorization()).unwrap();
         let out = run_bounded(Command::new(&nats).arg("-t").arg("-c").arg(&file), DEADLINE);
         assert!(
             out.status.success(),
@@ -808,6 +819,21 @@ fn nats_server_accepts_the_shipped_hub_configs() {
             text(&out.stderr)
         );
     }
+}
+
+/// What `colibri admin add-user scheduler hub` writes as authorization.conf.
+fn hub_authorization() -> String {
+    use broker::identity::{self, render, Entry, Registry, Role};
+    let mut reg = Registry::default();
+    let id = identity::generate().unwrap();
+    let entry = Entry {
+        role: Role::Scheduler,
+        public_key: id.public_key().to_string(),
+        capabilities: broker::TagSet::new(),
+    };
+    reg.add(identity::parse_name("hub").unwrap(), entry)
+        .unwrap();
+    render::authorization_block(&reg)
 }
 
 // --- sample configs ------------------------------------------------------------

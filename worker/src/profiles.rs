@@ -116,6 +116,14 @@ pub struct Profiles {
 }
 
 impl Profiles {
+    /// Every secret of every profile, by its variable name: what the
+    /// worker's [`crate::secret::Redactor`] removes from agent output.
+    pub fn secrets(&self) -> impl Iterator<Item = (&str, &Secret)> {
+        self.profiles
+            .values()
+            .flat_map(|p| p.env.iter().map(|(name, value)| (name.as_str(), value)))
+    }
+
     /// Validates `[agents.*]`, pushing a problem per bad field.
     pub fn from_file(
         agents: &BTreeMap<String, AgentFile>,

@@ -1,4 +1,4 @@
-//! The worker daemon's main loop, [`run`]: provision, attach the order
+//! The worker daemon's main loop, [`run`]: wait for the hub's streams, attach the order
 //! feed, heartbeat, and turn each order into an attempt task; on shutdown,
 //! stop every agent, report each one interrupted, say goodbye.
 //!
@@ -15,8 +15,7 @@ use broker::messages::{
     WorkMessage,
 };
 use broker::provision::{
-    provision_all, ProvisionConfig, CONFIG_BUCKET, INTAKE_STREAM, SESSIONS_STREAM,
-    TRANSCRIPTS_STREAM, WORK_STREAM,
+    CONFIG_BUCKET, INTAKE_STREAM, SESSIONS_STREAM, TRANSCRIPTS_STREAM, WORK_STREAM,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -53,6 +52,11 @@ pub async fn run(
     })?;
     let js = jetstream::new(client.clone());
     provision(&js, &shutdown).await?;
+    if shutdown.is_cancelled() {
+        // Told to stop while waiting for the hub: nothing was started.
+        return Ok(());
+    }
+    broker::connect::warn_if_open(&client);
     if config.confinement == Confinement::Unconfined {
         warn!(worker = %config.worker_id, "agents run UNCONFINED: full access to this host's files, processes and network");
     }
@@ -81,7 +85,8 @@ pub async fn run(
         config.state_dir.clone(),
     )
     .with_fleet_cost(fleet_cost)
-    .with_stall_after(config.limits.stall);
+    .with_stall_after(config.limits.stall)
+    .with_redactor(crate::secret::Redactor::new(config.agents.secrets()));
     let mut state = State {
         presence: Presence::new(&config, incarnation),
         fleet_mode,
@@ -103,31 +108,32 @@ pub async fn run(
     Ok(())
 }
 
-/// Provisions the streams, retrying (the server may still be starting)
-/// until it works or the worker is told to stop.
+/// Waits until the hub (the scheduler) has provisioned every stream this
+/// worker uses, or the worker is told to stop. A worker never creates a
+/// stream itself: the hub's `[streams]` settings (replicas, limits) are the
+/// only ones, whichever process starts first.
 async fn provision(
     js: &jetstream::Context,
     shutdown: &CancellationToken,
 ) -> Result<(), WorkerError> {
     let mut delay = Duration::from_millis(200);
     loop {
-        // A least-privilege host may not create or change streams: when the
-        // hub has provisioned them already, there is nothing to do here.
-        if provisioned(js).await {
-            return Ok(());
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            ready = provisioned(js) => if ready {
+                return Ok(());
+            },
         }
-        match provision_all(js, &ProvisionConfig::default()).await {
-            Ok(()) => return Ok(()),
-            Err(e) if shutdown.is_cancelled() => return Err(e.into()),
-            Err(error) => {
-                warn!(%error, retry_in_ms = delay.as_millis() as u64, "provisioning failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
+        info!(
+            awaiting = "the hub (colibri-scheduler) to provision the streams",
+            retry_in_ms = delay.as_millis() as u64,
+            "streams not there yet; waiting"
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(delay) => {}
         }
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

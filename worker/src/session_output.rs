@@ -15,6 +15,12 @@
 //! `is_error`, Codex's `turn.completed`/`turn.failed`, the exit status of a
 //! `command`), with the imposed outcome winning.
 //!
+//! The agent's stdout and stderr reach the pump only through the worker's
+//! [`Redactor`]: every secret value of its profiles is `[redacted:NAME]` in
+//! the events, and so in everything built from them (transcripts, shared
+//! transcripts, progress and finished reports) before anything leaves the
+//! worker.
+//!
 //! # One publisher per session, on the worker's one connection
 //!
 //! `run_session` takes its [`SessionPublisher`] by value and closes it at
@@ -46,6 +52,7 @@ use tracing::warn;
 
 use crate::cost::{CostGuard, FleetCost};
 use crate::reports::Reporter;
+use crate::secret::{RedactingReader, Redactor};
 
 /// Events queued per session between the pump and NATS.
 pub const PUBLISH_CAPACITY: usize = glasspane::publish::DEFAULT_CAPACITY;
@@ -64,6 +71,8 @@ pub struct SessionOutput {
     pump: PumpConfig,
     /// The fleet's cost settings, followed live (see [`crate::cost`]).
     fleet_cost: watch::Receiver<FleetCost>,
+    /// The secrets of the worker's profiles, cut out of agent output.
+    redactor: Arc<Redactor>,
 }
 
 impl std::fmt::Debug for SessionOutput {
@@ -97,7 +106,14 @@ impl SessionOutput {
                 ..PumpConfig::default()
             },
             fleet_cost: watch::channel(FleetCost::default()).1,
+            redactor: Arc::new(Redactor::default()),
         }
+    }
+
+    /// Replaces these secrets in every agent's output.
+    pub fn with_redactor(mut self, redactor: Redactor) -> SessionOutput {
+        self.redactor = Arc::new(redactor);
+        self
     }
 
     /// Marks a session `stalled` after `after` without output.
@@ -192,6 +208,8 @@ impl SessionPlan {
         };
         let session = meta.session;
         let finish_timeout = output.pump.finish_timeout;
+        let stdout = RedactingReader::new(stdout, output.redactor.clone());
+        let stderr = RedactingReader::new(stderr, output.redactor.clone());
         let pump = tokio::spawn(glasspane::run_session_with(
             stdout,
             stderr,

@@ -1,6 +1,8 @@
 //! `colibri-scheduler`: the scheduler service. Configuration is resolved and
-//! checked before the runtime starts; exit 2 on a usage error, 1 on a fatal
-//! configuration or runtime error (so a supervisor does not spin on it).
+//! checked before the runtime starts. Exit 2 on a usage error and 1 on a
+//! configuration error (a supervisor does not restart either: it would spin);
+//! exit 3 when the service stops on a runtime error, which a restart may fix.
+//! A JetStream that is not ready at start is waited for, not an exit.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -64,8 +66,19 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "scheduler stopped");
             eprintln!("colibri-scheduler: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// 3 for a runtime error a restart may fix (the NATS connection or a
+/// subscription failed after start); 1 for configuration: a setting the
+/// server refuses, limits the disk cannot hold, a board that cannot open.
+fn exit_code(error: &anyhow::Error) -> u8 {
+    match error.downcast_ref::<service::ServiceError>() {
+        Some(service::ServiceError::Nats { .. }) => 3,
+        Some(service::ServiceError::Provision(e)) if e.is_transient() => 3,
+        _ => 1,
     }
 }
 

@@ -9,6 +9,12 @@
 //! stored event; `--from-now` shows only what comes next. Each event is one
 //! readable line (seq, time, kind, a short text), or with `--json` the
 //! event's JSON, one per line.
+//!
+//! Only the worker of the session's attempt speaks for it: the board says
+//! which (the task's attempt, or for a session id the attempt of the task its
+//! stored events name, confirmed by `show-task`). Events from any other host,
+//! a forged `end` included, are skipped and counted, and the count is said
+//! on stderr at the end.
 
 use std::time::Duration;
 
@@ -17,7 +23,7 @@ use broker::messages::api::{ApiErrorKind, ApiReply, AttemptRecord, TaskDetail, T
 use broker::messages::session::{Event, Phase, Role, SessionEvent};
 use broker::messages::Usage;
 use broker::subjects::api;
-use broker::SessionId;
+use broker::{SessionId, WorkerId};
 use clap::Args;
 use futures::StreamExt;
 
@@ -48,17 +54,41 @@ pub struct WatchArgs {
 }
 
 pub async fn run(api_client: &ApiClient, args: WatchArgs) -> Result<(), CliError> {
-    let (session, task) = resolve(api_client, args.id, Duration::from_secs(args.wait_secs)).await?;
+    let skipped = glasspane::Skipped::default();
+    let result = watch(api_client, args, skipped.clone()).await;
+    if skipped.count() > 0 {
+        eprintln!(
+            "watch: skipped {} event(s) not published by the session's worker",
+            skipped.count()
+        );
+    }
+    result
+}
+
+async fn watch(
+    api_client: &ApiClient,
+    args: WatchArgs,
+    skipped: glasspane::Skipped,
+) -> Result<(), CliError> {
+    let (session, task, worker) =
+        resolve(api_client, args.id, Duration::from_secs(args.wait_secs)).await?;
     let js = async_nats::jetstream::new(api_client.client.clone());
+    let worker = match (task, worker) {
+        (Some(_), worker) => worker,
+        (None, _) => session_worker(api_client, &js, &session).await?,
+    };
+    if worker.is_none() {
+        eprintln!("watch: no scheduler knows session {session}: events from any host are believed");
+    }
     if args.from_now {
         // A session that has already ended sends nothing more: its stored
         // `end` is the answer.
-        if let Some(end) = stored_end(&js, &session).await? {
+        if let Some(end) = stored_end(&js, &session, worker.as_ref()).await? {
             print_event(&end, args.json)?;
             return verdict(&session, &end.event);
         }
     }
-    let events = glasspane::follow(&js, session, !args.from_now)
+    let events = glasspane::follow_worker(&js, session, worker, !args.from_now, skipped)
         .await
         .with_context(|| format!("following session {session}"))?;
     let mut events = std::pin::pin!(events);
@@ -105,18 +135,25 @@ fn verdict(session: &SessionId, end: &Event) -> Result<(), CliError> {
     }
 }
 
-/// The session's stored `end` event, if it has ended.
+/// The session's stored `end` event, if it has ended: on `worker`'s own
+/// subject when the session's worker is known.
 async fn stored_end(
     js: &async_nats::jetstream::Context,
     session: &SessionId,
+    worker: Option<&WorkerId>,
 ) -> Result<Option<SessionEvent>, CliError> {
     let stream = js
         .get_stream(broker::provision::SESSIONS_STREAM)
         .await
         .with_context(|| format!("reading {}", broker::provision::SESSIONS_STREAM))?;
-    let subject = broker::subjects::session_kind(session, "end");
+    let subject = match worker {
+        Some(worker) => broker::subjects::session(session, worker, "end"),
+        None => broker::subjects::session_kind(session, "end"),
+    };
     match stream.get_last_raw_message_by_subject(&subject).await {
-        Ok(raw) => Ok(broker::messages::decode::<SessionEvent>(&raw.payload).ok()),
+        Ok(raw) => Ok(broker::messages::decode::<SessionEvent>(&raw.payload)
+            .ok()
+            .filter(|e| glasspane::watch::published_by_its_worker(raw.subject.as_str(), e))),
         Err(e)
             if e.kind()
                 == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
@@ -125,6 +162,51 @@ async fn stored_end(
         }
         Err(e) => Err(anyhow!("looking up the end of session {session}: {e}").into()),
     }
+}
+
+/// Stored events read to find which task a session id belongs to.
+const SESSION_LOOKUP_EVENTS: u64 = 16;
+
+/// The worker of the attempt that ran `session`, from the board: the stored
+/// events name their task, and `show-task` of that task says which attempt
+/// has this session and where it ran. A forged event naming another task
+/// finds no such attempt there and is passed over. `None` when no scheduler
+/// answers or no stored event leads to the session's attempt.
+async fn session_worker(
+    api_client: &ApiClient,
+    js: &async_nats::jetstream::Context,
+    session: &SessionId,
+) -> Result<Option<WorkerId>, CliError> {
+    let stream = js
+        .get_stream(broker::provision::SESSIONS_STREAM)
+        .await
+        .with_context(|| format!("reading {}", broker::provision::SESSIONS_STREAM))?;
+    let subject = broker::subjects::session_any(session);
+    let mut tasks_asked = std::collections::HashSet::new();
+    let mut sequence = 0;
+    for _ in 0..SESSION_LOOKUP_EVENTS {
+        let raw = match stream
+            .get_first_raw_message_by_subject(&subject, sequence + 1)
+            .await
+        {
+            Ok(raw) => raw,
+            Err(_) => return Ok(None),
+        };
+        sequence = raw.sequence;
+        let Ok(event) = broker::messages::decode::<SessionEvent>(&raw.payload) else {
+            continue;
+        };
+        if !tasks_asked.insert(event.task_id) {
+            continue;
+        }
+        let Some(detail) = show_task(api_client, event.task_id.0).await? else {
+            continue;
+        };
+        if let Some(attempt) = detail.attempts.iter().find(|a| a.session == *session) {
+            return Ok(Some(attempt.worker.clone()));
+        }
+    }
+    Ok(None)
 }
 
 /// How often the board is asked whether the watched attempt has ended.
@@ -184,20 +266,25 @@ fn ended_on_board(session: &SessionId, attempt: AttemptRecord) -> Result<(), Cli
     }
 }
 
-/// The session to follow, and its task when `id` is a task's: the latest
-/// attempt's session (waiting up to `wait` for one), else `id` itself.
+/// The session to follow, and its task and worker when `id` is a task's:
+/// the latest attempt's session (waiting up to `wait` for one), else `id`
+/// itself.
 async fn resolve(
     api_client: &ApiClient,
     id: uuid::Uuid,
     wait: Duration,
-) -> Result<(SessionId, Option<broker::TaskId>), CliError> {
+) -> Result<(SessionId, Option<broker::TaskId>, Option<WorkerId>), CliError> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let Some(detail) = show_task(api_client, id).await? else {
-            return Ok((SessionId(id), None));
+            return Ok((SessionId(id), None, None));
         };
         if let Some(attempt) = detail.attempts.iter().max_by_key(|a| a.attempt) {
-            return Ok((attempt.session, Some(detail.summary.task_id)));
+            return Ok((
+                attempt.session,
+                Some(detail.summary.task_id),
+                Some(attempt.worker.clone()),
+            ));
         }
         if detail.summary.state.is_terminal() {
             return Err(anyhow!(

@@ -12,6 +12,13 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct StreamsFile {
     pub replicas: Option<usize>,
+    /// Size limits in MiB (`broker::provision::ProvisionConfig`); each is
+    /// reserved on the store disk of every server holding a replica.
+    pub intake_mib: Option<i64>,
+    pub work_mib: Option<i64>,
+    pub events_mib: Option<i64>,
+    pub sessions_mib: Option<i64>,
+    pub transcripts_mib: Option<i64>,
 }
 
 /// scheduler.toml: every key optional.

@@ -148,7 +148,18 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
     let js = jetstream::new(client.clone());
-    provision::provision_all(&js, &config.provision).await?;
+    // JetStream may not be ready yet (a cold cluster boot, quorum lost, a
+    // leader election): wait for it, stopping only on a configuration error.
+    let provisioning = provision::until_ready("JetStream to provision the streams", || {
+        provision::provision_all(&js, &config.provision)
+    });
+    tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        done = provisioning => done?,
+    }
+    // Connected now (a daemon's connect returns before it is): the server's
+    // INFO is the real one.
+    broker::connect::warn_if_open(&client);
     let mut board = Board::open(&config.db)?;
     let mut tasks = Tasks::default();
     for row in board.load_active()? {
@@ -156,7 +167,13 @@ pub async fn run(
     }
     tracing::info!(active = tasks.len(), db = %config.db.display(), "board loaded");
 
-    let kv = provision::config_bucket(&js, &config.provision).await?;
+    let kv = provision::until_ready("the config bucket", || {
+        provision::config_bucket(&js, &config.provision)
+    });
+    let kv = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        kv = kv => kv?,
+    };
     let cost_mode = read_cost_mode(&kv).await;
     let mut core = Core::new(tasks, Fleet::new(config.offline_after), cost_mode);
     core.hosts = config.hosts.clone();
@@ -166,12 +183,17 @@ pub async fn run(
         tx.commit()?;
     }
 
-    let consumer = provision::durable_consumer(
-        &js,
-        provision::INTAKE_STREAM,
-        provision::scheduler_consumer_config(),
-    )
-    .await?;
+    let consumer = provision::until_ready("the scheduler's intake consumer", || {
+        provision::durable_consumer(
+            &js,
+            provision::INTAKE_STREAM,
+            provision::scheduler_consumer_config(),
+        )
+    });
+    let consumer = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        consumer = consumer => consumer?,
+    };
     let mut intake = consumer
         .messages()
         .await

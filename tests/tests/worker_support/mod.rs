@@ -97,6 +97,10 @@ impl Fleet {
         let nats = NatsServer::start()?;
         let client = nats.client().await?;
         let js = jetstream::new(client.clone());
+        // The hub provisions; workers only bind (issue 12 item 10).
+        let limits = broker::provision::ProvisionConfig::default();
+        let provisioning = broker::provision::provision_all(&js, &limits);
+        within(Duration::from_secs(20), "provisioning", provisioning).await??;
         let reports = client.subscribe(subjects::TASK_REPORT_ALL).await?;
         let presence = client.subscribe(subjects::PRESENCE_ALL).await?;
         client.flush().await?;
